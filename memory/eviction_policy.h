@@ -13,7 +13,8 @@
 //   "predictive" predictor-aware: evicts the resident expert with the lowest ExpertScores value,
 //                ties broken by LRU; requires PolicyContext::scores
 //   "belady"     offline optimum: evicts the expert whose next use is farthest in the future;
-//                requires AccessHint::next_use on every insert and hit (replay only)
+//                requires AccessHint::next_use on every insert and hit (replay only; kUnknown
+//                there is a caller bug and fails a MOE_CHECK). Prefetches need it too.
 //
 // Thread-safety: none; a policy is driven by its cache's owning thread.
 #pragma once

@@ -6,6 +6,7 @@
 // and read by the thread that drives the cache.
 #pragma once
 
+#include <algorithm>
 #include <span>
 #include <vector>
 

@@ -7,16 +7,26 @@
 // Predict's target is the *next visit* of the sequence to `target_layer`: if the sequence's
 // current token already passed that layer, the prediction is for the next token. Several
 // sequences may be interleaved (continuous batching); per-sequence state is keyed by `seq`.
+// An Observe with a layer <= the sequence's last observed layer starts a new token. Observe on a
+// sequence without BeginSequence starts it implicitly; Predict on an unknown sequence predicts
+// from what is known without per-sequence state (layer frequencies, or zeros for "recency").
 //
 // Predictions only schedule work (prefetch, eviction hints); they never change routing.
 //
 // Names (MakePredictor):
 //   "none"        all zeros (disables prefetching)
-//   "frequency"   per-layer expert frequency with exponential decay per observed token
-//   "transition"  inter-layer affinity: P(expert e at layer l+d | experts chosen at layer l),
-//                 learned from traces (Learn), up to options.max_distance layers ahead
+//   "frequency"   per-layer expert frequency with exponential decay per observed token; Learn()
+//                 seeds it with a trace's frequencies
+//   "transition"  inter-layer affinity (ExFlow): P(expert e at layer l+d | experts chosen at the
+//                 token's layers l, l-1, ...), learned from traces (Learn), up to
+//                 options.max_distance layers ahead; other targets fall back to the learned
+//                 layer frequency
 //   "recency"     experts this sequence used at the target layer on its latest tokens
 //   "combined"    a weighted mixture of the three above; weights fit in Learn()
+// The classes live in predictor/<name>_predictor.h for callers that need their extra knobs.
+//
+// Performance: Observe and Predict run once per token-layer in replay and in the engine; they do
+// not allocate once a sequence's state exists (BeginSequence reuses released states).
 //
 // Thread-safety: none; one predictor per driving thread.
 #pragma once
@@ -35,13 +45,22 @@
 
 namespace moe {
 
+class SafetensorsFile;
+class SafetensorsWriter;
+
 struct PredictorOptions {
   ExpertSpace space;
-  int32_t top_k = 0;
-  int32_t max_distance = 4;      // how many layers ahead "transition" learns tables for
-  double frequency_decay = 0.999;  // per observed token, for "frequency"
-  double recency_decay = 0.5;      // per token of the same sequence, for "recency"
+  int32_t top_k = 0;               // experts chosen per token per layer; in [1, num_experts]
+  int32_t max_distance = 4;        // how many layers ahead "transition" predicts; in [1, 64]
+  double frequency_decay = 0.999;  // per observed token, for "frequency"; in (0, 1]
+  double recency_decay = 0.5;      // per token of the same sequence, for "recency"; in [0, 1)
+  // Observed layers of the current token that "transition" combines (the latest and the ones
+  // before it); in [1, 16]. Its tables cover distances 1 .. max_distance + evidence_layers - 1.
+  int32_t evidence_layers = 3;
 };
+
+// InvalidArgument naming the first option outside its range.
+absl::Status ValidatePredictorOptions(const PredictorOptions& options);
 
 struct ScoredExpert {
   int32_t expert = 0;
@@ -52,10 +71,12 @@ class Predictor {
  public:
   virtual ~Predictor() = default;
   virtual std::string_view name() const = 0;
+  virtual const PredictorOptions& options() const = 0;
 
   virtual void BeginSequence(int64_t seq) = 0;
   // Drops per-sequence state; the default does nothing.
   virtual void EndSequence(int64_t seq) {}
+  // `experts` holds at most top_k ids < num_experts (a violation is a bug: MOE_CHECK).
   virtual void Observe(int64_t seq, int32_t layer, std::span<const uint16_t> experts) = 0;
   // Writes, for every expert of `target_layer`, the probability that the sequence's next visit
   // to that layer chooses it (each in [0, 1]). probs.size() == num_experts.
@@ -78,5 +99,34 @@ std::span<const std::string_view> PredictorNames();
 
 // The `budget` most probable experts of a prediction, most probable first (ties: lower id).
 std::vector<ScoredExpert> TopExperts(std::span<const float> probs, int32_t budget);
+
+// Allocation-free form for hot loops: writes the ids of the min(budget, probs.size()) most
+// probable experts (same order as TopExperts) to the front of `order` and returns how many.
+// `order` must hold probs.size() entries; its whole content is scratch.
+int32_t TopExpertIds(std::span<const float> probs, int32_t budget, std::span<int32_t> order);
+
+// ---- for predictor implementations ---------------------------------------------------------
+
+// InvalidArgument unless the trace's layers, experts and top_k equal the options', naming both.
+absl::Status CheckTraceShape(const RoutingTrace& trace, const PredictorOptions& options);
+
+// Indices 0 .. trace.sequences.size() - 1.
+std::vector<int64_t> AllSequences(const RoutingTrace& trace);
+
+// Learned-state files are safetensors files whose metadata holds "format" = "moe-predictor",
+// "predictor" (the name), "num_layers", "num_experts", "top_k", "max_distance" and
+// "evidence_layers". CheckPredictorFile fails with InvalidArgument naming the file and both
+// values on a mismatch of name, layers, experts or top_k, and of the distances when
+// `check_distances` is set.
+void SetPredictorMetadata(std::string_view name, const PredictorOptions& options,
+                          SafetensorsWriter& writer);
+absl::Status CheckPredictorFile(std::string_view name, const PredictorOptions& options,
+                                bool check_distances, const SafetensorsFile& file);
+// F32 tensors of learned-state files. ReadF32Tensor checks dtype and shape (the error names the
+// file, the tensor and both shapes) and copies the data into `out` (size = product of shape).
+absl::Status AddF32Tensor(SafetensorsWriter& writer, std::string name, std::vector<int64_t> shape,
+                          std::span<const float> values);
+absl::Status ReadF32Tensor(const SafetensorsFile& file, std::string_view name,
+                           std::span<const int64_t> shape, std::span<float> out);
 
 }  // namespace moe

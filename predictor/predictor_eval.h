@@ -4,7 +4,12 @@
 // For every token t of the evaluated sequences and every layer l with l + d < num_layers:
 // after Observe(t, l), the predictor's top-`budget` experts for layer l + d are compared with
 // the k experts the token actually chose there. recall = |hit| / k, precision = |hit| / budget,
-// averaged over all (token, l) pairs; also reported per target layer.
+// averaged over all (token, l) pairs; also reported per target layer. Ties in the predictor's
+// probabilities are broken by lower expert id (TopExperts).
+//
+// Sequence i of the trace is driven as seq id i, bracketed by BeginSequence / EndSequence; the
+// predictor's global state (e.g. "frequency" counts) carries over from one sequence to the next,
+// as in a live run.
 #pragma once
 
 #include <cstdint>

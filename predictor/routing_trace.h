@@ -35,14 +35,14 @@ struct TraceHeader {
 struct TraceSequence {
   int64_t token_offset = 0;  // first token row of this sequence
   int64_t num_tokens = 0;
-  std::string name;          // optional label (source, problem id); not interpreted
+  std::string name;  // optional label (source, problem id); not interpreted
 };
 
 struct RoutingTrace {
   TraceHeader header;
-  std::vector<uint16_t> experts;     // [T, L, K]
-  std::vector<float> gate_weights;   // empty, or [T, L, K]
-  std::vector<Phase> phases;         // [T]
+  std::vector<uint16_t> experts;    // [T, L, K]
+  std::vector<float> gate_weights;  // empty, or [T, L, K]
+  std::vector<Phase> phases;        // [T]
   std::vector<TraceSequence> sequences;
 
   int64_t num_tokens() const { return static_cast<int64_t>(phases.size()); }
@@ -64,7 +64,9 @@ struct RoutingTrace {
   // sanity (top_k <= num_experts, positive sizes). The message names the first bad value.
   absl::Status Validate() const;
 
-  // A new trace holding the given sequences (by index), in the given order.
+  // A new trace holding the given sequences (by index), in the given order, with token offsets
+  // rebased. An index out of range is a bug (MOE_CHECK). Selecting no sequences gives an empty
+  // trace, which Validate() rejects.
   RoutingTrace Subset(std::span<const int64_t> sequence_indices) const;
 };
 

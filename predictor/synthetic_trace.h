@@ -8,7 +8,16 @@
 //     the same sequence's previous token chose at this layer;
 //   - inter-layer affinity: with probability `layer_affinity`, a slot follows a fixed random
 //     mapping from an expert chosen at the previous layer to an expert at this layer.
-// Deterministic for a given seed.
+// For each slot the sources are tried in that order: locality (when the token is not the first
+// of its sequence), then affinity (from layer 1 on), then popularity; a source whose candidates
+// are all already in the set falls through to the next one. So the effective share of affinity
+// is about (1 - temporal_locality) x layer_affinity. The affinity mapping is a permutation per
+// layer, so the k distinct experts of layer l - 1 map to k distinct experts at layer l.
+//
+// Deterministic for a given seed on every platform: the generator uses its own xoshiro256**
+// stream, not <random> distributions (whose outputs differ between standard libraries).
+// All tokens get `phase`; sequence lengths are uniform in [min_tokens, max_tokens].
+// Thread-safety: a pure function; safe to call concurrently.
 #pragma once
 
 #include <cstdint>
@@ -36,7 +45,8 @@ struct SyntheticTraceOptions {
 };
 
 // InvalidArgument when options are out of range (top_k > num_experts, probabilities outside
-// [0, 1], no sequences or tokens, ...), naming the field and value.
+// [0, 1], no sequences or tokens, more than 2^30 expert entries, ...), naming the field and
+// value.
 absl::StatusOr<RoutingTrace> GenerateSyntheticTrace(const SyntheticTraceOptions& options);
 
 }  // namespace moe

@@ -10,10 +10,18 @@
 // no two tensors overlapping, metadata values are strings. Every message names the file and the
 // tensor. Tensor data is returned as byte spans into the mapping (valid while the object lives).
 //
-// SafetensorsWriter collects tensors and writes them with each tensor's data aligned to 8 bytes
-// (header padded with spaces, as the reference implementation does).
+// Gaps between tensors are accepted (the reference reader rejects them; we are more lenient).
+// Open fails with NotFound when the file does not exist and DataLoss when its content is
+// malformed.
+//
+// SafetensorsWriter collects tensors and writes a file the reference `safetensors` package
+// reads: the header is padded with spaces to a multiple of 8 bytes, so the data section starts
+// 8-aligned; tensors are stored back to back (no gaps, as the reference reader demands) in
+// order of decreasing element size, so every tensor starts at a multiple of its element size
+// (naturally aligned), as the reference writer does.
 //
 // Thread-safety: a SafetensorsFile is immutable after Open and safe to read from many threads.
+// A SafetensorsWriter is a plain value (not thread-safe for mutation).
 #pragma once
 
 #include <cstddef>
@@ -30,7 +38,21 @@
 
 namespace moe {
 
-enum class DType : uint8_t { kBool, kU8, kI8, kU16, kI16, kF16, kBF16, kU32, kI32, kF32, kU64, kI64, kF64 };
+enum class DType : uint8_t {
+  kBool,
+  kU8,
+  kI8,
+  kU16,
+  kI16,
+  kF16,
+  kBF16,
+  kU32,
+  kI32,
+  kF32,
+  kU64,
+  kI64,
+  kF64
+};
 
 // "F32", "BF16", ... as spelled in safetensors headers.
 std::string_view DTypeName(DType dtype);

@@ -1,0 +1,77 @@
+// "combined": a weighted mixture of "transition", "frequency" and "recency".
+//
+//   p_j = w_transition * transition_j + w_frequency * frequency_j + w_recency * recency_j
+// with weights >= 0 summing to 1, so p_j is in [0, 1] and as calibrated as its parts. Two weight
+// sets: `ahead` for targets the transition tables cover (a later layer of the current token,
+// 1 <= d <= max_distance) and `next_token` for the others (the next token's layers), where the
+// transition part is only the learned layer frequency and recency carries the information.
+//
+// Learn(trace): holds out every 10th sequence (the last one with 2..9 sequences), learns the
+// transition tables and the frequency prior on the rest, replays the held-out sequences through
+// all three parts, and picks each weight set by a grid search (steps of 0.1 on the simplex)
+// maximising recall at budget min(2 x top_k, num_experts); then adds the held-out sequences to
+// the tables and the prior. The frequency part keeps adapting online (decayed counts) from the
+// learned prior. Before Learn: ahead {0.8, 0.1, 0.1}, next token {0, 0.5, 0.5}.
+//
+// Save/Load: the "transition" predictor's tensors plus "weights" F32 [2, 3] (rows ahead and
+// next_token; columns transition, frequency, recency) and "prior_weight" F32 [1] (tokens the
+// frequency prior is worth). The frequency part's online state is not saved: Load restarts it
+// from the prior.
+#pragma once
+
+#include <span>
+#include <string>
+#include <vector>
+
+#include "predictor/frequency_predictor.h"
+#include "predictor/predictor.h"
+#include "predictor/recency_predictor.h"
+#include "predictor/transition_predictor.h"
+
+namespace moe {
+
+struct MixtureWeights {
+  float transition = 0.0f;
+  float frequency = 0.0f;
+  float recency = 0.0f;
+};
+
+class CombinedPredictor final : public Predictor {
+ public:
+  // `options` must pass ValidatePredictorOptions (MOE_CHECK).
+  explicit CombinedPredictor(const PredictorOptions& options);
+
+  std::string_view name() const override { return "combined"; }
+  const PredictorOptions& options() const override { return options_; }
+  void BeginSequence(int64_t seq) override;
+  void EndSequence(int64_t seq) override;
+  void Observe(int64_t seq, int32_t layer, std::span<const uint16_t> experts) override;
+  void Predict(int64_t seq, int32_t target_layer, std::span<float> probs) const override;
+  absl::Status Learn(const RoutingTrace& trace) override;
+  absl::Status Save(const std::string& path) const override;
+  absl::Status Load(const std::string& path) override;
+
+  // Sets both weight sets, each normalised to sum 1. InvalidArgument when a weight is negative
+  // or not finite, or a set sums to 0.
+  absl::Status SetWeights(const MixtureWeights& ahead, const MixtureWeights& next_token);
+  const MixtureWeights& ahead_weights() const { return ahead_; }
+  const MixtureWeights& next_token_weights() const { return next_token_; }
+
+  const TransitionPredictor& transition() const { return transition_; }
+  const FrequencyPredictor& frequency() const { return frequency_; }
+  const RecencyPredictor& recency() const { return recency_; }
+
+ private:
+  void FitWeights(const RoutingTrace& trace, std::span<const int64_t> sequences);
+
+  PredictorOptions options_;
+  FrequencyPredictor frequency_;
+  TransitionPredictor transition_;
+  RecencyPredictor recency_;
+  MixtureWeights ahead_{0.8f, 0.1f, 0.1f};
+  MixtureWeights next_token_{0.0f, 0.5f, 0.5f};
+  double prior_weight_ = 1.0;           // tokens the learned frequency prior is worth
+  mutable std::vector<float> scratch_;  // [E], one part's prediction
+};
+
+}  // namespace moe

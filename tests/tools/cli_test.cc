@@ -1,0 +1,214 @@
+// End-to-end tests of the moe-trace and moe-replay executables: real processes, real files.
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "predictor/synthetic_trace.h"
+#include "tools/trace/trace_stats.h"
+
+namespace moe {
+namespace {
+
+using ::testing::HasSubstr;
+namespace fs = std::filesystem;
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string output;  // stdout
+  std::string errors;  // stderr
+};
+
+CommandResult Exec(const std::string& args) {
+  static int counter = 0;
+  const std::string err_file =
+      (fs::path(::testing::TempDir()) / ("cli_err_" + std::to_string(++counter))).string();
+  const std::string cmd = std::string(MOE_BIN_DIR) + "/" + args + " 2>" + err_file;
+  CommandResult r;
+  FILE* pipe = popen(cmd.c_str(), "r");
+  if (pipe == nullptr) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) r.output.append(buf, n);
+  const int status = pclose(pipe);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  std::ifstream f(err_file);
+  r.errors.assign(std::istreambuf_iterator<char>(f), {});
+  return r;
+}
+
+class CliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::path(::testing::TempDir()) /
+           ("moe_cli_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
+    fs::create_directories(dir_);
+    trace_ = (dir_ / "t.moetrace").string();
+    CommandResult r = Exec("moe-trace --synthetic --out " + trace_ +
+                 " --layers 6 --experts 8 --top-k 2 --sequences 12 --expert-bytes 1MB --seed 3");
+    ASSERT_EQ(r.exit_code, 0) << r.errors;
+  }
+  fs::path dir_;
+  std::string trace_;
+};
+
+TEST_F(CliTest, ReplayJsonHasTheDocumentedFields) {
+  CommandResult r = Exec("moe-replay --trace " + trace_ + " --capacity 3 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.errors;
+  auto j = nlohmann::json::parse(r.output);
+  for (const char* key : {"accesses", "hits", "hit_rate", "loads", "bytes_loaded",
+                          "belady_hit_rate", "evictions", "capacity_per_partition"}) {
+    EXPECT_TRUE(j.contains(key)) << key;
+  }
+  EXPECT_EQ(j["accesses"].get<uint64_t>(), j["hits"].template get<uint64_t>() + j["misses"].template get<uint64_t>());
+  EXPECT_EQ(j["bytes_loaded"].get<uint64_t>(), j["loads"].get<uint64_t>() * 1000000u);
+  EXPECT_GE(j["belady_hit_rate"].get<double>(), j["hit_rate"].get<double>());
+  EXPECT_FALSE(j.contains("prefetches"));
+}
+
+TEST_F(CliTest, ReplayWithPrefetchAndTimingReportsBoth) {
+  CommandResult r = Exec("moe-replay --trace " + trace_ +
+               " --capacity 3 --predictor transition --train-fraction 0.5 --prefetch-depth 2"
+               " --link-gbps 25 --layer-compute-us 50 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.errors;
+  auto j = nlohmann::json::parse(r.output);
+  for (const char* key : {"prefetches", "prefetch_useful", "prefetch_wasted_bytes",
+                          "late_prefetches"}) {
+    EXPECT_TRUE(j.contains(key)) << key;
+  }
+  ASSERT_TRUE(j.contains("timing"));
+  const auto& t = j["timing"];
+  EXPECT_GE(t["decode_time_us"].get<double>(), t["floor_us"].get<double>() - 1e-6);
+  EXPECT_GE(t["floor_us"].get<double>(), t["compute_bound_us"].get<double>());
+  EXPECT_EQ(j["sequences"].get<int>(), 6);  // the other half learned the tables
+}
+
+TEST_F(CliTest, SweepWritesTableCsvAndSvg) {
+  const std::string csv = (dir_ / "s.csv").string(), svg = (dir_ / "s.svg").string();
+  CommandResult r = Exec("moe-replay --trace " + trace_ + " --sweep --capacities 2,4 --policies lru,lfu" +
+               " --csv " + csv + " --svg " + svg);
+  ASSERT_EQ(r.exit_code, 0) << r.errors;
+  EXPECT_THAT(r.output, HasSubstr("belady"));
+  std::ifstream f(csv);
+  std::string line;
+  int lines = 0;
+  while (std::getline(f, line)) ++lines;
+  EXPECT_EQ(lines, 1 + 2 * 3);  // header + capacities x (lru, lfu, belady)
+  std::ifstream s(svg);
+  std::string content((std::istreambuf_iterator<char>(s)), {});
+  EXPECT_THAT(content, HasSubstr("<svg"));
+  EXPECT_THAT(content, HasSubstr("</svg>"));
+}
+
+TEST_F(CliTest, EvalPredictorPrintsRecallPerDistance) {
+  CommandResult r = Exec("moe-replay --trace " + trace_ +
+               " --eval-predictor --predictor transition --train-fraction 0.5 --budget 4"
+               " --max-distance 2 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.errors;
+  auto j = nlohmann::json::parse(r.output);
+  ASSERT_EQ(j["distances"].size(), 2u);
+  for (const auto& d : j["distances"]) {
+    EXPECT_GE(d["recall"].get<double>(), 0.0);
+    EXPECT_LE(d["recall"].get<double>(), 1.0);
+  }
+}
+
+TEST_F(CliTest, BadInputGivesOneClearErrorAndExitCode2) {
+  struct Case {
+    std::string args;
+    std::string message;
+  };
+  const std::string missing = (dir_ / "missing.moetrace").string();
+  const std::string truncated = (dir_ / "truncated.moetrace").string();
+  {
+    std::ifstream in(trace_, std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), {});
+    std::ofstream(truncated, std::ios::binary) << bytes.substr(0, bytes.size() / 2);
+  }
+  const std::string empty = (dir_ / "empty.moetrace").string();
+  std::ofstream(empty).close();
+  const Case cases[] = {
+      {"moe-replay --trace " + missing + " --capacity 2", missing},
+      {"moe-replay --trace " + truncated + " --capacity 2", truncated},
+      {"moe-replay --trace " + empty + " --capacity 2", empty},
+      {"moe-replay --trace " + trace_ + " --capacity 2 --policy nonsense", "nonsense"},
+      {"moe-replay --trace " + trace_ + " --capacity 2 --predictor nonsense --prefetch-depth 1",
+       "nonsense"},
+      {"moe-replay --trace " + trace_ + " --capacity 1", "top_k = 2"},
+      {"moe-replay --trace " + trace_ + " --capacity 2 --scope diagonal", "diagonal"},
+      {"moe-replay --trace " + trace_ + " --capacity 2 --frobnicate", "unknown flag --frobnicate"},
+      {"moe-replay --trace " + trace_ + " --capacity two", "'two' is not an integer"},
+      {"moe-replay --trace " + trace_ + " --budget-bytes 3XB", "3XB"},
+      {"moe-replay --trace " + trace_ + " --budget-bytes 1000", "budget"},
+      {"moe-replay --capacity 2", "--trace is required"},
+      {"moe-trace --synthetic --out " + (dir_ / "x").string() + " --top-k 9 --experts 8",
+       "top_k"},
+  };
+  for (const Case& c : cases) {
+    CommandResult r = Exec(c.args);
+    EXPECT_EQ(r.exit_code, 2) << c.args << "\n" << r.errors;
+    EXPECT_THAT(r.errors, HasSubstr(c.message)) << c.args;
+    EXPECT_THAT(r.errors, HasSubstr("error:")) << c.args;
+  }
+}
+
+TEST_F(CliTest, HelpListsFlags) {
+  CommandResult r = Exec("moe-replay --help");
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_THAT(r.output, HasSubstr("--prefetch-depth"));
+  EXPECT_THAT(r.output, HasSubstr("--reset-per-sequence"));
+  r = Exec("moe-trace --help");
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_THAT(r.output, HasSubstr("--synthetic"));
+}
+
+TEST_F(CliTest, ConvertsTheRealDenseTraceWhenPresent) {
+  const std::string dense =
+      std::string(MOE_SOURCE_DIR) + "/../shared/data/routing-traces/mixtral-8x7b-humaneval-gsm8k";
+  if (!fs::exists(dense)) GTEST_SKIP() << "no " << dense;
+  const std::string out = (dir_ / "mixtral.moetrace").string();
+  CommandResult r = Exec("moe-trace --in " + dense + " --out " + out + " --info");
+  ASSERT_EQ(r.exit_code, 0) << r.errors;
+  EXPECT_THAT(r.output, HasSubstr("577 tokens x 32 MoE layers x top-2 of 8 experts"));
+  // The converted file replays to the same hit rate as the folder.
+  CommandResult a = Exec("moe-replay --trace " + dense + " --capacity 4 --json");
+  CommandResult b = Exec("moe-replay --trace " + out + " --capacity 4 --json");
+  ASSERT_EQ(a.exit_code, 0) << a.errors;
+  ASSERT_EQ(b.exit_code, 0) << b.errors;
+  EXPECT_EQ(nlohmann::json::parse(a.output)["hits"], nlohmann::json::parse(b.output)["hits"]);
+}
+
+TEST(TraceStats, EachSyntheticKnobMovesItsStatistic) {
+  SyntheticTraceOptions o;
+  o.num_layers = 6;
+  o.num_experts = 16;
+  o.top_k = 2;
+  o.num_sequences = 20;
+  o.zipf_skew = 0;
+  o.temporal_locality = 0;
+  o.layer_affinity = 0;
+  auto plain = GenerateSyntheticTrace(o);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  const TraceStats base = ComputeTraceStats(*plain);
+
+  SyntheticTraceOptions skewed = o;
+  skewed.zipf_skew = 1.2;
+  SyntheticTraceOptions local = o;
+  local.temporal_locality = 0.7;
+  SyntheticTraceOptions affine = o;
+  affine.layer_affinity = 0.7;
+  const TraceStats s = ComputeTraceStats(*GenerateSyntheticTrace(skewed));
+  const TraceStats t = ComputeTraceStats(*GenerateSyntheticTrace(local));
+  const TraceStats a = ComputeTraceStats(*GenerateSyntheticTrace(affine));
+  EXPECT_GT(s.top_quarter_share, base.top_quarter_share + 0.1);
+  EXPECT_GT(t.previous_token_overlap, base.previous_token_overlap + 0.2);
+  EXPECT_GT(a.transition_recall - a.popularity_recall,
+            base.transition_recall - base.popularity_recall + 0.1);
+  EXPECT_NEAR(base.previous_token_overlap, base.previous_token_overlap_random, 0.05);
+}
+
+}  // namespace
+}  // namespace moe

@@ -1,0 +1,259 @@
+#include "tools/replay/replay.h"
+
+#include <algorithm>
+#include <chrono>
+#include <limits>
+#include <memory>
+#include <optional>
+
+#include "runtime/status.h"
+#include "tools/replay/link_model.h"
+
+namespace moe {
+namespace {
+
+// For every demand access in replay order, the position of the next access to the same expert
+// (AccessHint::kNever if none). Computed by walking the schedule backwards, which visits the
+// accesses in exactly the reverse of RunReplay's order. With reset_per_sequence a sequence's
+// accesses never see past its end, since the cache is emptied there.
+absl::StatusOr<std::vector<uint32_t>> ComputeNextUse(const RoutingTrace& trace,
+                                                     const ReplaySchedule& schedule,
+                                                     bool reset_per_sequence) {
+  const int32_t L = trace.header.num_layers;
+  const int32_t K = trace.header.top_k;
+  const uint64_t total = static_cast<uint64_t>(schedule.num_tokens()) * L * K;
+  if (total >= std::numeric_limits<uint32_t>::max()) {
+    return InvalidArgument("trace has {} expert accesses; belady replay supports < 2^32", total);
+  }
+  constexpr uint32_t kNone = std::numeric_limits<uint32_t>::max();
+  const ExpertSpace space = trace.space();
+  std::vector<uint32_t> next_use(total);
+  std::vector<uint32_t> last_seen(static_cast<size_t>(space.size()), kNone);
+  uint64_t pos = total;
+  const auto steps = schedule.steps();
+  for (auto step = steps.rbegin(); step != steps.rend(); ++step) {
+    const auto tokens = schedule.Tokens(*step);
+    for (int32_t l = L - 1; l >= 0; --l) {
+      const ExpertKey base = space.Key(l, 0);
+      for (auto tok = tokens.rbegin(); tok != tokens.rend(); ++tok) {
+        const auto experts = trace.Experts(tok->token, l);
+        for (int32_t j = K - 1; j >= 0; --j) {
+          const ExpertKey key = base + experts[j];
+          next_use[--pos] = last_seen[key];
+          last_seen[key] = static_cast<uint32_t>(pos);
+        }
+      }
+    }
+    if (reset_per_sequence && step->starts_sequence_alone) {
+      std::fill(last_seen.begin(), last_seen.end(), kNone);
+    }
+  }
+  return next_use;
+}
+
+}  // namespace
+
+absl::StatusOr<CacheOptions> MakeReplayCacheOptions(const RoutingTrace& trace,
+                                                    const ReplayOptions& options) {
+  CacheOptions cache;
+  cache.space = trace.space();
+  cache.scope = options.scope;
+  cache.policy = options.policy;
+  cache.expert_bytes = options.expert_bytes ? options.expert_bytes : trace.header.expert_bytes;
+  if (cache.expert_bytes == 0) cache.expert_bytes = 1;
+  if (options.capacity_per_layer > 0) {
+    cache.budget_bytes = static_cast<uint64_t>(options.capacity_per_layer) *
+                         static_cast<uint64_t>(trace.header.num_layers) * cache.expert_bytes;
+  } else if (options.budget_bytes > 0) {
+    cache.budget_bytes = options.budget_bytes;
+  } else {
+    return InvalidArgument("no cache size: give a capacity (experts per layer) or a byte budget");
+  }
+  return cache;
+}
+
+absl::StatusOr<ReplayResult> RunReplay(const RoutingTrace& trace, const ReplaySchedule& schedule,
+                                       const ReplayOptions& options, Predictor* predictor) {
+  const auto wall_start = std::chrono::steady_clock::now();
+  const int32_t L = trace.header.num_layers;
+  const int32_t K = trace.header.top_k;
+  const ExpertSpace space = trace.space();
+  const bool use_future = PolicyNeedsFuture(options.policy);
+  if (options.prefetch_depth < 0) {
+    return InvalidArgument("prefetch depth {} is negative", options.prefetch_depth);
+  }
+  if (options.prefetch_depth > 0 && predictor == nullptr) {
+    return InvalidArgument("prefetch depth {} needs a predictor", options.prefetch_depth);
+  }
+  if (use_future && options.prefetch_depth > 0) {
+    return InvalidArgument(
+        "policy {} is the offline demand-paging optimum and cannot be combined with prefetching",
+        options.policy);
+  }
+  if (options.reset_per_sequence && schedule.steps().size() > 0 &&
+      schedule.num_tokens() != static_cast<int64_t>(schedule.steps().size())) {
+    return InvalidArgument("reset per sequence needs batch size 1 (sequences interleave)");
+  }
+  const int32_t prefetch_budget = options.prefetch_budget > 0 ? options.prefetch_budget : K;
+  if (prefetch_budget > space.num_experts) {
+    return InvalidArgument("prefetch budget {} exceeds the {} experts per layer", prefetch_budget,
+                           space.num_experts);
+  }
+
+  MOE_ASSIGN_OR_RETURN(CacheOptions cache_options, MakeReplayCacheOptions(trace, options));
+  ExpertScores scores(space);
+  cache_options.scores = &scores;
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<ExpertCache> cache, ExpertCache::Create(cache_options));
+  if (cache->capacity_per_partition() < K) {
+    return InvalidArgument(
+        "cache holds {} experts per {} but a token needs top_k = {} experts at once: raise the "
+        "capacity or budget",
+        cache->capacity_per_partition(),
+        options.scope == CacheScope::kLayer ? "layer" : "cache", K);
+  }
+
+  std::vector<uint32_t> next_use;
+  if (use_future) {
+    MOE_ASSIGN_OR_RETURN(next_use, ComputeNextUse(trace, schedule, options.reset_per_sequence));
+  }
+
+  ReplayResult result;
+  result.expert_bytes = cache_options.expert_bytes;
+  result.capacity_per_partition = cache->capacity_per_partition();
+  result.capacity_total = cache->capacity_total();
+
+  const bool timed = options.link_gbps > 0;
+  std::optional<LinkModel> link;
+  if (timed) {
+    const double transfer_us =
+        static_cast<double>(cache_options.expert_bytes) / (options.link_gbps * 1e3);
+    link.emplace(space, transfer_us);
+  }
+  auto attach_listener = [&](ExpertCache& c) {
+    if (timed) c.SetEvictionListener([&](ExpertKey key, int32_t) { link->OnEvict(key); });
+  };
+  attach_listener(*cache);
+
+  CacheStats accumulated;  // stats of caches discarded by reset_per_sequence
+  auto add_stats = [](CacheStats& a, const CacheStats& b) {
+    a.accesses += b.accesses;
+    a.hits += b.hits;
+    a.misses += b.misses;
+    a.prefetch_loads += b.prefetch_loads;
+    a.evictions += b.evictions;
+    a.bytes_loaded += b.bytes_loaded;
+    a.prefetch_useful += b.prefetch_useful;
+    a.prefetch_wasted += b.prefetch_wasted;
+    a.prefetch_wasted_bytes += b.prefetch_wasted_bytes;
+  };
+
+  std::vector<float> probs(static_cast<size_t>(space.num_experts));
+  uint64_t pos = 0;
+  double now = 0;
+  bool first_step = true;
+  for (const ReplayStep& step : schedule.steps()) {
+    if (options.reset_per_sequence && step.starts_sequence_alone && !first_step) {
+      CacheStats s = cache->stats();
+      s.prefetch_wasted += static_cast<uint64_t>(cache->unused_prefetched_count());
+      s.prefetch_wasted_bytes +=
+          static_cast<uint64_t>(cache->unused_prefetched_count()) * cache_options.expert_bytes;
+      add_stats(accumulated, s);
+      MOE_ASSIGN_OR_RETURN(cache, ExpertCache::Create(cache_options));
+      attach_listener(*cache);
+    }
+    first_step = false;
+    const auto tokens = schedule.Tokens(step);
+    if (predictor != nullptr) {
+      for (const ScheduledToken& tok : tokens) {
+        const TraceSequence& seq = trace.sequences[tok.sequence];
+        if (tok.token == seq.token_offset) predictor->BeginSequence(tok.sequence);
+      }
+    }
+    for (int32_t l = 0; l < L; ++l) {
+      const ExpertKey base = space.Key(l, 0);
+      double layer_ready = now;
+      if (timed) link->AdvanceTo(now);
+      for (const ScheduledToken& tok : tokens) {
+        const auto experts = trace.Experts(tok.token, l);
+        const uint64_t set_pos = pos;
+        pos += static_cast<uint64_t>(K);
+        // Two passes: pin the experts already resident first, so that loading the missing ones
+        // never evicts a member of the token's own set.
+        for (int pass = 0; pass < 2; ++pass) {
+          for (int32_t j = 0; j < K; ++j) {
+            const ExpertKey key = base + experts[j];
+            if (cache->Contains(key) != (pass == 0)) continue;
+            AccessHint hint;
+            if (use_future) {
+              const uint32_t n = next_use[set_pos + j];
+              hint.next_use = n == std::numeric_limits<uint32_t>::max() ? AccessHint::kNever : n;
+            }
+            const ExpertCache::Access access = cache->Acquire(key, hint);
+            if (access.outcome == ExpertCache::Outcome::kNoRoom) {
+              return Internal("no unpinned expert to evict at layer {} (capacity {})", l,
+                              cache->capacity_per_partition());
+            }
+            if (timed) {
+              double ready;
+              if (access.outcome == ExpertCache::Outcome::kLoaded) {
+                ready = link->Demand(key, now);
+              } else {
+                bool in_flight = false;
+                ready = link->ReadyTime(key, now, &in_flight);
+                if (in_flight && access.was_prefetched_unused) ++result.late_prefetches;
+              }
+              layer_ready = std::max(layer_ready, ready);
+            }
+          }
+        }
+        for (int32_t j = 0; j < K; ++j) cache->Release(base + experts[j]);
+
+        if (predictor == nullptr) continue;
+        predictor->Observe(tok.sequence, l, experts);
+        // The scores of layer l now describe its next visit: the sequence's next token.
+        predictor->Predict(tok.sequence, l, probs);
+        scores.SetLayer(l, probs);
+        for (int32_t d = 1; d <= options.prefetch_depth; ++d) {
+          const int32_t target = (l + d) % L;
+          predictor->Predict(tok.sequence, target, probs);
+          scores.SetLayer(target, probs);
+          for (const ScoredExpert& e : TopExperts(probs, prefetch_budget)) {
+            const ExpertKey key = space.Key(target, e.expert);
+            if (cache->Prefetch(key) && timed) link->EnqueuePrefetch(key, now);
+          }
+        }
+      }
+      if (timed) {
+        result.timing.stall_us += layer_ready - now;
+        now = layer_ready + options.layer_compute_us;
+      }
+    }
+    result.token_layers += static_cast<int64_t>(tokens.size()) * L;
+    result.tokens += static_cast<int64_t>(tokens.size());
+    ++result.steps;
+  }
+
+  CacheStats final_stats = cache->stats();
+  final_stats.prefetch_wasted += static_cast<uint64_t>(cache->unused_prefetched_count());
+  final_stats.prefetch_wasted_bytes +=
+      static_cast<uint64_t>(cache->unused_prefetched_count()) * cache_options.expert_bytes;
+  add_stats(accumulated, final_stats);
+  result.stats = accumulated;
+
+  if (timed) {
+    ReplayTiming& t = result.timing;
+    t.enabled = true;
+    t.total_us = now;
+    t.compute_us = static_cast<double>(result.steps) * L * options.layer_compute_us;
+    t.link_busy_us = link->busy_us();
+    t.link_transfers = link->transfers();
+    t.cancelled_prefetches = link->cancelled();
+    t.transfer_us = link->transfer_us();
+    t.tokens_per_second = now > 0 ? static_cast<double>(result.tokens) / (now * 1e-6) : 0;
+  }
+  result.seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - wall_start).count();
+  return result;
+}
+
+}  // namespace moe
