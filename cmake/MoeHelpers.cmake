@@ -37,5 +37,6 @@ function(moe_cc_test)
   # Tests find ../shared/data and the built tools through these definitions.
   target_compile_definitions(${ARG_NAME} PRIVATE
     MOE_SOURCE_DIR="${PROJECT_SOURCE_DIR}" MOE_BIN_DIR="${CMAKE_RUNTIME_OUTPUT_DIRECTORY}")
-  gtest_discover_tests(${ARG_NAME} PROPERTIES LABELS "${ARG_LABELS}" DISCOVERY_TIMEOUT 60)
+  gtest_discover_tests(${ARG_NAME} TEST_PREFIX "${ARG_NAME}." PROPERTIES LABELS "${ARG_LABELS}"
+                       DISCOVERY_TIMEOUT 60)
 endfunction()

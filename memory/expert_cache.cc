@@ -270,11 +270,6 @@ void ExpertCache::SetEvictionListener(std::function<void(ExpertKey key, int32_t 
   listener_ = std::move(listener);
 }
 
-bool ExpertCache::Contains(ExpertKey key) const { return key < num_keys_ && slot_[key] != kAbsent; }
-int32_t ExpertCache::SlotOf(ExpertKey key) const {
-  return key < num_keys_ && slot_[key] != kAbsent ? DecodeSlot(slot_[key]) : -1;
-}
-int32_t ExpertCache::PinCount(ExpertKey key) const { return key < num_keys_ ? pins_[key] : 0; }
 const CacheOptions& ExpertCache::options() const { return options_; }
 const CacheStats& ExpertCache::stats() const {
   stats_.accesses = stats_.hits + stats_.misses;

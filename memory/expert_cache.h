@@ -96,6 +96,10 @@ class ExpertCache {
 
   // Demand access to `key`: a hit pins it; a miss evicts unpinned experts chosen by the policy
   // until there is room, inserts `key` and pins it. Each call must be matched by Release.
+  // Only pinned experts are safe: a miss may evict a resident expert that the caller means to
+  // acquire next, so a caller needing a set together acquires its resident members first
+  // (Contains) and then the missing ones. kNoRoom: every resident expert of the partition is
+  // pinned (e.g. a set larger than the capacity); nothing changed and nothing was counted.
   Access Acquire(ExpertKey key, const AccessHint& hint = {});
 
   // Brings `key` in without pinning it (a prefetch). Returns false, changing nothing, when `key`
@@ -113,9 +117,11 @@ class ExpertCache {
   // and before its slot is reused. Not called by Erase.
   void SetEvictionListener(std::function<void(ExpertKey key, int32_t slot)> listener);
 
-  bool Contains(ExpertKey key) const;
-  int32_t SlotOf(ExpertKey key) const;  // -1 when not resident
-  int32_t PinCount(ExpertKey key) const;
+  bool Contains(ExpertKey key) const { return key < num_keys_ && slot_[key] != kAbsent; }
+  int32_t SlotOf(ExpertKey key) const {  // -1 when not resident
+    return key < num_keys_ && slot_[key] != kAbsent ? DecodeSlot(slot_[key]) : -1;
+  }
+  int32_t PinCount(ExpertKey key) const { return key < num_keys_ ? pins_[key] : 0; }
 
   const CacheOptions& options() const;
   const CacheStats& stats() const;
