@@ -13,7 +13,7 @@ out=$(mktemp -d)
 TIMING=(--expert-bytes 17.3MB --link-gbps 25 --layer-compute-us 150)
 
 echo "## demand policies, capacity 16 of 64 per layer, cache persists (all 1600 sequences)"
-for p in lru lfu lfru predictive; do
+for p in lru lfu arc lrfu predictive; do
   extra=()
   [[ $p == predictive ]] && extra=(--predictor combined --train-fraction 0.8)
   "$R" --trace "$T" --capacity 16 --policy "$p" "${extra[@]}" --json > "$out/demand_$p.json"
@@ -23,7 +23,7 @@ import json, sys, os
 d = sys.argv[1]
 print("| policy | sequences | hit rate | belady | loads | decisions/s | belady s |")
 print("|---|---|---|---|---|---|---|")
-for p in ["lru", "lfu", "lfru", "predictive"]:
+for p in ["lru", "lfu", "arc", "predictive"]:
     j = json.load(open(os.path.join(d, f"demand_{p}.json")))
     print(f"| {p} | {j['sequences']} | {j['hit_rate']:.4f} | {j['belady_hit_rate']:.4f} | "
           f"{j['loads']} | {j['decisions_per_second']/1e6:.1f} M | {j['belady_seconds']:.3f} |")
@@ -49,9 +49,9 @@ echo
 echo "## timing model: 17.3 MB experts, 25 GB/s, 0.15 ms compute per layer, capacity 16, held-out 20%"
 run_t() { name=$1; shift; "$R" --trace "$T" --capacity 16 --train-fraction 0.8 "${TIMING[@]}" "$@" --json > "$out/t_$name.json"; }
 run_t lru_demand --policy lru
-run_t best_demand --policy lfru
+run_t best_demand --policy lrfu
 run_t lru_prefetch --policy lru --predictor combined --prefetch-depth 1
-run_t lfru_prefetch --policy lfru --predictor combined --prefetch-depth 1
+run_t arc_prefetch --policy lrfu --predictor combined --prefetch-depth 1
 run_t predictive_prefetch --policy predictive --predictor combined --prefetch-depth 1
 python3 - "$out" <<'PY'
 import json, sys, os
@@ -59,7 +59,7 @@ d = sys.argv[1]
 base = json.load(open(os.path.join(d, "t_lru_demand.json")))["timing"]["decode_time_us"]
 print("| configuration | hit rate | loads | wasted prefetch | decode ms | vs LRU demand | vs floor | tokens/s |")
 print("|---|---|---|---|---|---|---|---|")
-for n in ["lru_demand", "best_demand", "lru_prefetch", "lfru_prefetch", "predictive_prefetch"]:
+for n in ["lru_demand", "best_demand", "lru_prefetch", "arc_prefetch", "predictive_prefetch"]:
     j = json.load(open(os.path.join(d, f"t_{n}.json")))
     t = j["timing"]
     print(f"| {n} ({j['policy']}, {j['predictor']}, depth {j['prefetch_depth']}) | {j['hit_rate']:.4f} | "

@@ -1,4 +1,4 @@
-// "lfru": adaptive recency/frequency, ARC (Megiddo and Modha, FAST 2003) adapted to a cache with
+// "arc": adaptive recency/frequency, ARC (Megiddo and Modha, FAST 2003) adapted to a cache with
 // pins and to the EvictionPolicy protocol.
 //
 // Lists (c = capacity):
@@ -49,7 +49,7 @@ class ArcPolicy final : public EvictionPolicy {
         where_(static_cast<size_t>(context.space.size()), kNone),
         prefetched_(static_cast<size_t>(context.space.size()), 0) {}
 
-  std::string_view name() const override { return "lfru"; }
+  std::string_view name() const override { return "arc"; }
 
   void OnInsert(ExpertKey key, const AccessHint&, bool prefetch) override {
     const uint8_t w = where_[key];

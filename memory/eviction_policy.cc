@@ -1,5 +1,5 @@
 // Policy registry: names, validation of the context, construction. The policies themselves live
-// one per file (lru_policy.h, lfu_policy.cc, arc_policy.cc, predictive_policy.cc,
+// one per file (lru_policy.h, lfu_policy.cc, arc_policy.cc, lrfu_policy.cc, predictive_policy.cc,
 // belady_policy.cc).
 #include "memory/eviction_policy.h"
 
@@ -13,8 +13,8 @@
 namespace moe {
 namespace {
 
-constexpr std::array<std::string_view, 5> kPolicyNames = {"lru", "lfu", "lfru", "predictive",
-                                                          "belady"};
+constexpr std::array<std::string_view, 6> kPolicyNames = {"lru", "lfu",        "arc",
+                                                          "lrfu", "predictive", "belady"};
 
 std::string JoinedNames() {
   std::string out;
@@ -52,7 +52,8 @@ absl::StatusOr<std::unique_ptr<EvictionPolicy>> MakeEvictionPolicy(std::string_v
   }
   if (name == "lru") return std::make_unique<internal::LruPolicy>(context);
   if (name == "lfu") return internal::MakeLfuPolicy(context);
-  if (name == "lfru") return internal::MakeArcPolicy(context);
+  if (name == "arc") return internal::MakeArcPolicy(context);
+  if (name == "lrfu") return internal::MakeLrfuPolicy(context);
   if (name == "predictive") {
     if (context.scores == nullptr) {
       return InvalidArgument(

@@ -8,8 +8,10 @@
 // Names (MakeEvictionPolicy):
 //   "lru"        least recently used
 //   "lfu"        least frequently used (count since insertion; ties broken by recency)
-//   "lfru"       adaptive recency/frequency (ARC-like: balances a recency list and a frequency
+//   "arc"        adaptive recency/frequency (ARC: balances a recency list and a frequency
 //                list, adapting the split with ghost hits); see the .cc for the exact rule
+//   "lrfu"       recency-weighted frequency (LRFU): evicts the smallest sum of
+//                decay^(age) over past accesses; half-life 5 x capacity accesses
 //   "predictive" predictor-aware: evicts the resident expert with the lowest ExpertScores value,
 //                ties broken by LRU; requires PolicyContext::scores
 //   "belady"     offline optimum: evicts the expert whose next use is farthest in the future;

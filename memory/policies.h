@@ -10,6 +10,7 @@ namespace moe::internal {
 
 std::unique_ptr<EvictionPolicy> MakeLfuPolicy(const PolicyContext& context);
 std::unique_ptr<EvictionPolicy> MakeArcPolicy(const PolicyContext& context);
+std::unique_ptr<EvictionPolicy> MakeLrfuPolicy(const PolicyContext& context);
 std::unique_ptr<EvictionPolicy> MakePredictivePolicy(const PolicyContext& context);
 std::unique_ptr<EvictionPolicy> MakeBeladyPolicy(const PolicyContext& context);
 

@@ -18,7 +18,7 @@ trace="$build/demo.moetrace"
   --skew 0.8 --locality 0.35 --affinity 0.5 --expert-bytes 352321536 --seed 7 --info
 echo
 "$build/bin/moe-replay" --trace "$trace" --sweep --capacities 2,3,4,5,6 \
-  --policies lru,lfu,lfru,predictive --predictor combined --train-fraction 0.5 \
+  --policies lru,lfu,arc,lrfu,predictive --predictor combined --train-fraction 0.5 \
   --csv "$build/demo-sweep.csv" --svg "$build/demo-sweep.svg"
 echo
 echo "one replay at 4 experts per layer, predictor-aware eviction and 1-layer prefetch,"

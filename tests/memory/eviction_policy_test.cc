@@ -23,7 +23,7 @@ using testing::Step;
 TEST(EvictionPolicyTest, NamesAndFactory) {
   std::vector<std::string> names;
   for (std::string_view n : EvictionPolicyNames()) names.emplace_back(n);
-  EXPECT_THAT(names, ::testing::ElementsAre("lru", "lfu", "lfru", "predictive", "belady"));
+  EXPECT_THAT(names, ::testing::ElementsAre("lru", "lfu", "arc", "lrfu", "predictive", "belady"));
   EXPECT_TRUE(PolicyNeedsFuture("belady"));
   EXPECT_FALSE(PolicyNeedsFuture("lru"));
   const ExpertSpace space{2, 4};
@@ -37,7 +37,7 @@ TEST(EvictionPolicyTest, NamesAndFactory) {
   ASSERT_FALSE(unknown.ok());
   EXPECT_EQ(unknown.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(unknown.status().message()),
-              HasSubstr("valid policies: lru, lfu, lfru, predictive, belady"));
+              HasSubstr("valid policies: lru, lfu, arc, lrfu, predictive, belady"));
   auto no_scores = MakeEvictionPolicy("predictive", PolicyContext{space, 2, nullptr});
   ASSERT_FALSE(no_scores.ok());
   EXPECT_THAT(std::string(no_scores.status().message()), HasSubstr("scores"));
@@ -171,7 +171,7 @@ TEST(EvictionPolicyTest, ArcResistsAOneTimeScan) {
   const std::vector<Step> steps = Concat(Singles({0, 1, 2, 0, 1, 2}),
                                          Singles({10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21}));
   const std::vector<Step> after = Singles({0, 1, 2});
-  auto arc = MakeCache("lfru", CacheScope::kLayer, space, 4);
+  auto arc = MakeCache("arc", CacheScope::kLayer, space, 4);
   auto lru = MakeCache("lru", CacheScope::kLayer, space, 4);
   testing::Replay(*arc, steps, false);
   testing::Replay(*lru, steps, false);
@@ -179,9 +179,42 @@ TEST(EvictionPolicyTest, ArcResistsAOneTimeScan) {
   EXPECT_EQ(testing::CountMisses(testing::Replay(*lru, after, false)), 3);
 }
 
+TEST(EvictionPolicyTest, LrfuKeepsARecentlyFrequentKeyThroughAScan) {
+  const ExpertSpace space{1, 32};
+  // Key 0 is used often, then a scan of keys used once passes through: LRU loses 0, LRFU not.
+  std::vector<Step> steps = Singles({0, 1, 0, 2, 0, 3, 0});
+  steps = Concat(steps, Singles({10, 11, 12, 13}));
+  auto lrfu = MakeCache("lrfu", CacheScope::kLayer, space, 4);
+  auto lru = MakeCache("lru", CacheScope::kLayer, space, 4);
+  testing::Replay(*lrfu, steps, false);
+  testing::Replay(*lru, steps, false);
+  EXPECT_EQ(testing::CountMisses(testing::Replay(*lrfu, Singles({0}), false)), 0);
+  EXPECT_EQ(testing::CountMisses(testing::Replay(*lru, Singles({0}), false)), 1);
+}
+
+TEST(EvictionPolicyTest, LrfuForgetsFrequencyThatStoppedBeingUsed) {
+  const ExpertSpace space{1, 64};
+  auto lrfu = MakeCache("lrfu", CacheScope::kLayer, space, 2);
+  // Key 0 is used 10 times, then keys 1 and 2 alternate for many rounds: 0's old frequency
+  // decays (half-life 5 x capacity accesses), so it becomes the victim instead of 1 or 2.
+  std::vector<Step> steps;
+  for (int i = 0; i < 10; ++i) steps = Concat(steps, Singles({0}));
+  testing::Replay(*lrfu, steps, false);
+  std::vector<Step> rounds;
+  for (int r = 0; r < 60; ++r) rounds = Concat(rounds, Singles({1, 2}));
+  const auto outcomes = testing::Replay(*lrfu, rounds, false);
+  // After warm-up the alternating pair always hits: 0 was evicted, not one of them.
+  int late_misses = 0;
+  for (size_t i = outcomes.size() - 20; i < outcomes.size(); ++i) {
+    late_misses += outcomes[i] != Outcome::kHit;
+  }
+  EXPECT_EQ(late_misses, 0);
+  EXPECT_FALSE(lrfu->Contains(0));
+}
+
 TEST(EvictionPolicyTest, ArcAdaptsToANewWorkingSet) {
   const ExpertSpace space{1, 32};
-  auto arc = MakeCache("lfru", CacheScope::kLayer, space, 4);
+  auto arc = MakeCache("arc", CacheScope::kLayer, space, 4);
   // An old frequent set, then a new set used round robin: ghost hits move the target towards
   // recency until the new set fits.
   testing::Replay(*arc, Singles({0, 1, 2, 3, 0, 1, 2, 3}), false);
@@ -193,7 +226,7 @@ TEST(EvictionPolicyTest, ArcAdaptsToANewWorkingSet) {
 
 TEST(EvictionPolicyTest, ArcGrowsTheRecencySideOnGhostHits) {
   const ExpertSpace space{1, 64};
-  auto arc = MakeCache("lfru", CacheScope::kLayer, space, 3);
+  auto arc = MakeCache("arc", CacheScope::kLayer, space, 3);
   // A stale frequent set, then new keys each reused right after one other new key: x, y, x.
   // Keeping x in T1 needs the target p to grow; with p stuck at 0, T1 would lose x to y every
   // time.
@@ -208,7 +241,7 @@ TEST(EvictionPolicyTest, ArcGrowsTheRecencySideOnGhostHits) {
 
 TEST(EvictionPolicyTest, PrefetchedKeysDoNotCountAsFrequent) {
   const ExpertSpace space{1, 16};
-  for (const char* policy : {"lfu", "lfru"}) {
+  for (const char* policy : {"lfu", "arc", "lrfu"}) {
     SCOPED_TRACE(policy);
     auto cache = MakeCache(policy, CacheScope::kLayer, space, 2);
     // 1 is used twice on demand; 2 is prefetched then used once: 2 is the less frequent.

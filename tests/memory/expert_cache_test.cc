@@ -259,7 +259,7 @@ TEST(ExpertCacheTest, PrefetchAccounting) {
 }
 
 TEST(ExpertCacheTest, EvictionListenerSeesVictimAndSlot) {
-  for (std::string_view policy : {"lru", "lfu", "lfru"}) {
+  for (std::string_view policy : {"lru", "lfu", "arc"}) {
     SCOPED_TRACE(policy);
     const ExpertSpace space{2, 8};
     auto cache = MakeCache(std::string(policy), CacheScope::kGlobal, space, 3);

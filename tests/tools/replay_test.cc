@@ -186,7 +186,7 @@ TEST(Replay, BeladyNeverLoadsMoreThanOnlinePolicies) {
         o.policy = "belady";
         auto b = RunReplay(t, s, o, nullptr);
         ASSERT_TRUE(b.ok()) << b.status();
-        for (const char* p : {"lru", "lfu", "lfru"}) {
+        for (const char* p : {"lru", "lfu", "arc", "lrfu"}) {
           o.policy = p;
           auto r = RunReplay(t, s, o, nullptr);
           ASSERT_TRUE(r.ok()) << r.status();

@@ -43,10 +43,12 @@ struct CliOptions {
   std::string predictor_in;
   std::string predictor_out;
   int64_t max_distance = 4;
+  double frequency_decay = PredictorOptions().frequency_decay;
+  double recency_decay = PredictorOptions().recency_decay;
   // Sweep.
   bool sweep = false;
   std::string capacities = "2,4,8,16,32";
-  std::string policies = "lru,lfu,lfru";
+  std::string policies = "lru,lfu,arc,lrfu";
   std::string csv;
   std::string svg;
   // Predictor evaluation.
@@ -88,6 +90,8 @@ absl::StatusOr<std::unique_ptr<Predictor>> BuildPredictor(const CliOptions& cli,
   po.space = in.trace.space();
   po.top_k = in.trace.header.top_k;
   po.max_distance = static_cast<int32_t>(cli.max_distance);
+  po.frequency_decay = cli.frequency_decay;
+  po.recency_decay = cli.recency_decay;
   MOE_ASSIGN_OR_RETURN(std::unique_ptr<Predictor> p, MakePredictor(name, po));
   if (!cli.predictor_in.empty()) {
     MOE_RETURN_IF_ERROR(p->Load(cli.predictor_in));
@@ -382,7 +386,7 @@ int Main(int argc, char** argv) {
   flags.AddInt("capacity", &cli.capacity, "cache size in experts per MoE layer");
   flags.AddBytes("budget-bytes", &cli.budget_bytes, "cache size in bytes (e.g. 4GiB)");
   flags.AddString("scope", &cli.scope, "layer (budget split per layer) or global");
-  flags.AddString("policy", &cli.policy, "eviction policy: lru, lfu, lfru, predictive, belady");
+  flags.AddString("policy", &cli.policy, "eviction policy: lru, lfu, arc, lrfu, predictive, belady");
   flags.AddString("predictor", &cli.predictor,
                   "none, frequency, transition, recency, combined");
   flags.AddInt("prefetch-depth", &cli.prefetch_depth, "layers ahead to prefetch (0: demand only)");
@@ -404,6 +408,10 @@ int Main(int argc, char** argv) {
   flags.AddString("predictor-in", &cli.predictor_in, "load learned predictor tables");
   flags.AddString("predictor-out", &cli.predictor_out, "save learned predictor tables");
   flags.AddInt("max-distance", &cli.max_distance, "layers ahead the predictor learns/evaluates");
+  flags.AddDouble("frequency-decay", &cli.frequency_decay,
+                  "frequency predictor: decay per observed token, in (0, 1]");
+  flags.AddDouble("recency-decay", &cli.recency_decay,
+                  "recency predictor: decay per token of a sequence, in [0, 1)");
   flags.AddBool("sweep", &cli.sweep, "sweep capacities x policies and print a hit-rate table");
   flags.AddString("capacities", &cli.capacities, "sweep: experts per layer, comma-separated");
   flags.AddString("policies", &cli.policies, "sweep: policies, comma-separated (belady added)");

@@ -1,6 +1,7 @@
 #include "tools/replay/replay.h"
 
 #include <algorithm>
+#include <bit>
 #include <chrono>
 #include <limits>
 #include <memory>
@@ -94,6 +95,7 @@ absl::StatusOr<ReplayResult> RunReplay(const RoutingTrace& trace, const ReplaySc
       schedule.num_tokens() != static_cast<int64_t>(schedule.steps().size())) {
     return InvalidArgument("reset per sequence needs batch size 1 (sequences interleave)");
   }
+  if (K > 64) return InvalidArgument("top_k {} is larger than the 64 replay supports", K);
   const int32_t prefetch_budget = options.prefetch_budget > 0 ? options.prefetch_budget : K;
   if (prefetch_budget > space.num_experts) {
     return InvalidArgument("prefetch budget {} exceeds the {} experts per layer", prefetch_budget,
@@ -177,34 +179,49 @@ absl::StatusOr<ReplayResult> RunReplay(const RoutingTrace& trace, const ReplaySc
         const auto experts = trace.Experts(tok.token, l);
         const uint64_t set_pos = pos;
         pos += static_cast<uint64_t>(K);
-        // Two passes: pin the experts already resident first, so that loading the missing ones
+        // Pin the experts already resident first, then load the missing ones, so that a load
         // never evicts a member of the token's own set.
-        for (int pass = 0; pass < 2; ++pass) {
-          for (int32_t j = 0; j < K; ++j) {
-            const ExpertKey key = base + experts[j];
-            if (cache->Contains(key) != (pass == 0)) continue;
-            AccessHint hint;
-            if (use_future) {
-              const uint32_t n = next_use[set_pos + j];
-              hint.next_use = n == std::numeric_limits<uint32_t>::max() ? AccessHint::kNever : n;
-            }
-            const ExpertCache::Access access = cache->Acquire(key, hint);
-            if (access.outcome == ExpertCache::Outcome::kNoRoom) {
-              return Internal("no unpinned expert to evict at layer {} (capacity {})", l,
-                              cache->capacity_per_partition());
-            }
-            if (timed) {
-              double ready;
-              if (access.outcome == ExpertCache::Outcome::kLoaded) {
-                ready = link->Demand(key, now);
-              } else {
-                bool in_flight = false;
-                ready = link->ReadyTime(key, now, &in_flight);
-                if (in_flight && access.was_prefetched_unused) ++result.late_prefetches;
-              }
-              layer_ready = std::max(layer_ready, ready);
-            }
+        ExpertCache& c = *cache;
+        auto acquire = [&](int32_t j, ExpertKey key) {
+          AccessHint hint;
+          if (use_future) {
+            const uint32_t n = next_use[set_pos + j];
+            hint.next_use = n == std::numeric_limits<uint32_t>::max() ? AccessHint::kNever : n;
           }
+          const ExpertCache::Access access = c.Acquire(key, hint);
+          if (access.outcome == ExpertCache::Outcome::kNoRoom) [[unlikely]] {
+            return false;
+          }
+          if (timed) {
+            double ready;
+            if (access.outcome == ExpertCache::Outcome::kLoaded) {
+              ready = link->Demand(key, now);
+            } else {
+              bool in_flight = false;
+              ready = link->ReadyTime(key, now, &in_flight);
+              if (in_flight && access.was_prefetched_unused) ++result.late_prefetches;
+            }
+            layer_ready = std::max(layer_ready, ready);
+          }
+          return true;
+        };
+        uint64_t missing = 0;  // bit j: experts[j] was not resident
+        bool room = true;
+        for (int32_t j = 0; j < K; ++j) {
+          const ExpertKey key = base + experts[j];
+          if (c.Contains(key)) {
+            room &= acquire(j, key);
+          } else {
+            missing |= uint64_t{1} << j;
+          }
+        }
+        for (; missing != 0; missing &= missing - 1) {
+          const int32_t j = std::countr_zero(missing);
+          room &= acquire(j, base + experts[j]);
+        }
+        if (!room) {
+          return Internal("no unpinned expert to evict at layer {} (capacity {})", l,
+                          c.capacity_per_partition());
         }
         for (int32_t j = 0; j < K; ++j) cache->Release(base + experts[j]);
 
