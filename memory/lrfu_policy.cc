@@ -34,8 +34,8 @@ constexpr double kRescaleAbove = 1e150;
 class LrfuPolicy final : public EvictionPolicy {
  public:
   explicit LrfuPolicy(const PolicyContext& context)
-      : inverse_decay_(std::pow(2.0, 1.0 / (kHalfLifeInCapacities *
-                                            static_cast<double>(context.capacity)))),
+      : inverse_decay_(
+            std::pow(2.0, 1.0 / (kHalfLifeInCapacities * static_cast<double>(context.capacity)))),
         value_(static_cast<size_t>(context.space.size()), 0.0),
         pos_(static_cast<size_t>(context.space.size()), kNotResident),
         prefetched_(static_cast<size_t>(context.space.size()), 0) {
@@ -90,8 +90,8 @@ class LrfuPolicy final : public EvictionPolicy {
 
   double inverse_decay_;
   double increment_ = 1.0;
-  std::vector<double> value_;     // per key: CRF x decay^-clock
-  std::vector<uint32_t> pos_;     // per key: index in resident_
+  std::vector<double> value_;  // per key: CRF x decay^-clock
+  std::vector<uint32_t> pos_;  // per key: index in resident_
   std::vector<uint8_t> prefetched_;
   std::vector<ExpertKey> resident_;
 };

@@ -34,9 +34,8 @@ void LogMessage(LogLevel level, std::string_view message);
 
 }  // namespace moe
 
-#define MOE_LOG(level, ...)                                                  \
-  do {                                                                       \
-    if (::moe::internal::LogEnabled(::moe::LogLevel::level))                 \
-      ::moe::internal::LogMessage(::moe::LogLevel::level,                   \
-                                  ::fmt::format(__VA_ARGS__));               \
+#define MOE_LOG(level, ...)                                                            \
+  do {                                                                                 \
+    if (::moe::internal::LogEnabled(::moe::LogLevel::level))                           \
+      ::moe::internal::LogMessage(::moe::LogLevel::level, ::fmt::format(__VA_ARGS__)); \
   } while (0)

@@ -6,8 +6,7 @@ namespace moe {
 
 absl::Status Annotate(const absl::Status& status, std::string_view context) {
   if (status.ok()) return status;
-  return absl::Status(status.code(),
-                      fmt::format("{}: {}", context, std::string(status.message())));
+  return absl::Status(status.code(), fmt::format("{}: {}", context, std::string(status.message())));
 }
 
 namespace internal {

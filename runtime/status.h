@@ -65,17 +65,17 @@ namespace internal {
 #define MOE_STATUS_CONCAT(a, b) MOE_STATUS_CONCAT_INNER(a, b)
 
 // Returns from the enclosing function if `expr` (a Status) is not OK.
-#define MOE_RETURN_IF_ERROR(expr)                   \
-  do {                                              \
-    ::absl::Status moe_status_ = (expr);            \
-    if (!moe_status_.ok()) return moe_status_;      \
+#define MOE_RETURN_IF_ERROR(expr)              \
+  do {                                         \
+    ::absl::Status moe_status_ = (expr);       \
+    if (!moe_status_.ok()) return moe_status_; \
   } while (0)
 
 // Same, prepending `ctx` (anything convertible to std::string_view) to the message.
-#define MOE_RETURN_IF_ERROR_CTX(expr, ctx)                               \
-  do {                                                                   \
-    ::absl::Status moe_status_ = (expr);                                 \
-    if (!moe_status_.ok()) return ::moe::Annotate(moe_status_, (ctx));   \
+#define MOE_RETURN_IF_ERROR_CTX(expr, ctx)                             \
+  do {                                                                 \
+    ::absl::Status moe_status_ = (expr);                               \
+    if (!moe_status_.ok()) return ::moe::Annotate(moe_status_, (ctx)); \
   } while (0)
 
 // MOE_ASSIGN_OR_RETURN(auto x, MakeX()); declares/assigns `x` or returns the error.
@@ -87,13 +87,12 @@ namespace internal {
   lhs = std::move(tmp).value()
 
 // Aborts with a message when an invariant (a bug, not bad input) is violated.
-#define MOE_CHECK(cond)                                                        \
-  do {                                                                         \
+#define MOE_CHECK(cond)                                                       \
+  do {                                                                        \
     if (!(cond)) ::moe::internal::CheckFailed(__FILE__, __LINE__, #cond, ""); \
   } while (0)
-#define MOE_CHECK_MSG(cond, ...)                                           \
-  do {                                                                     \
-    if (!(cond))                                                           \
-      ::moe::internal::CheckFailed(__FILE__, __LINE__, #cond,              \
-                                   ::fmt::format(__VA_ARGS__));            \
+#define MOE_CHECK_MSG(cond, ...)                                                           \
+  do {                                                                                     \
+    if (!(cond))                                                                           \
+      ::moe::internal::CheckFailed(__FILE__, __LINE__, #cond, ::fmt::format(__VA_ARGS__)); \
   } while (0)

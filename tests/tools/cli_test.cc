@@ -43,12 +43,14 @@ CommandResult Exec(const std::string& args) {
 class CliTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = fs::path(::testing::TempDir()) /
-           ("moe_cli_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
+    dir_ =
+        fs::path(::testing::TempDir()) /
+        ("moe_cli_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
     fs::create_directories(dir_);
     trace_ = (dir_ / "t.moetrace").string();
-    CommandResult r = Exec("moe-trace --synthetic --out " + trace_ +
-                 " --layers 6 --experts 8 --top-k 2 --sequences 12 --expert-bytes 1MB --seed 3");
+    CommandResult r =
+        Exec("moe-trace --synthetic --out " + trace_ +
+             " --layers 6 --experts 8 --top-k 2 --sequences 12 --expert-bytes 1MB --seed 3");
     ASSERT_EQ(r.exit_code, 0) << r.errors;
   }
   fs::path dir_;
@@ -63,20 +65,22 @@ TEST_F(CliTest, ReplayJsonHasTheDocumentedFields) {
                           "belady_hit_rate", "evictions", "capacity_per_partition"}) {
     EXPECT_TRUE(j.contains(key)) << key;
   }
-  EXPECT_EQ(j["accesses"].get<uint64_t>(), j["hits"].template get<uint64_t>() + j["misses"].template get<uint64_t>());
+  EXPECT_EQ(j["accesses"].get<uint64_t>(),
+            j["hits"].template get<uint64_t>() + j["misses"].template get<uint64_t>());
   EXPECT_EQ(j["bytes_loaded"].get<uint64_t>(), j["loads"].get<uint64_t>() * 1000000u);
   EXPECT_GE(j["belady_hit_rate"].get<double>(), j["hit_rate"].get<double>());
   EXPECT_FALSE(j.contains("prefetches"));
 }
 
 TEST_F(CliTest, ReplayWithPrefetchAndTimingReportsBoth) {
-  CommandResult r = Exec("moe-replay --trace " + trace_ +
-               " --capacity 3 --predictor transition --train-fraction 0.5 --prefetch-depth 2"
-               " --link-gbps 25 --layer-compute-us 50 --json");
+  CommandResult r =
+      Exec("moe-replay --trace " + trace_ +
+           " --capacity 3 --predictor transition --train-fraction 0.5 --prefetch-depth 2"
+           " --link-gbps 25 --layer-compute-us 50 --json");
   ASSERT_EQ(r.exit_code, 0) << r.errors;
   auto j = nlohmann::json::parse(r.output);
-  for (const char* key : {"prefetches", "prefetch_useful", "prefetch_wasted_bytes",
-                          "late_prefetches"}) {
+  for (const char* key :
+       {"prefetches", "prefetch_useful", "prefetch_wasted_bytes", "late_prefetches"}) {
     EXPECT_TRUE(j.contains(key)) << key;
   }
   ASSERT_TRUE(j.contains("timing"));
@@ -88,8 +92,9 @@ TEST_F(CliTest, ReplayWithPrefetchAndTimingReportsBoth) {
 
 TEST_F(CliTest, SweepWritesTableCsvAndSvg) {
   const std::string csv = (dir_ / "s.csv").string(), svg = (dir_ / "s.svg").string();
-  CommandResult r = Exec("moe-replay --trace " + trace_ + " --sweep --capacities 2,4 --policies lru,lfu" +
-               " --csv " + csv + " --svg " + svg);
+  CommandResult r =
+      Exec("moe-replay --trace " + trace_ + " --sweep --capacities 2,4 --policies lru,lfu" +
+           " --csv " + csv + " --svg " + svg);
   ASSERT_EQ(r.exit_code, 0) << r.errors;
   EXPECT_THAT(r.output, HasSubstr("belady"));
   std::ifstream f(csv);
@@ -105,8 +110,8 @@ TEST_F(CliTest, SweepWritesTableCsvAndSvg) {
 
 TEST_F(CliTest, EvalPredictorPrintsRecallPerDistance) {
   CommandResult r = Exec("moe-replay --trace " + trace_ +
-               " --eval-predictor --predictor transition --train-fraction 0.5 --budget 4"
-               " --max-distance 2 --json");
+                         " --eval-predictor --predictor transition --train-fraction 0.5 --budget 4"
+                         " --max-distance 2 --json");
   ASSERT_EQ(r.exit_code, 0) << r.errors;
   auto j = nlohmann::json::parse(r.output);
   ASSERT_EQ(j["distances"].size(), 2u);
@@ -144,8 +149,7 @@ TEST_F(CliTest, BadInputGivesOneClearErrorAndExitCode2) {
       {"moe-replay --trace " + trace_ + " --budget-bytes 3XB", "3XB"},
       {"moe-replay --trace " + trace_ + " --budget-bytes 1000", "budget"},
       {"moe-replay --capacity 2", "--trace is required"},
-      {"moe-trace --synthetic --out " + (dir_ / "x").string() + " --top-k 9 --experts 8",
-       "top_k"},
+      {"moe-trace --synthetic --out " + (dir_ / "x").string() + " --top-k 9 --experts 8", "top_k"},
   };
   for (const Case& c : cases) {
     CommandResult r = Exec(c.args);

@@ -45,8 +45,8 @@ absl::StatusOr<int64_t> ParseIntText(std::string_view text) {
 absl::StatusOr<uint64_t> ParseByteSize(std::string_view text) {
   std::string_view t = Trim(text);
   size_t num_end = 0;
-  while (num_end < t.size() && (std::isdigit(static_cast<unsigned char>(t[num_end])) ||
-                                t[num_end] == '.')) {
+  while (num_end < t.size() &&
+         (std::isdigit(static_cast<unsigned char>(t[num_end])) || t[num_end] == '.')) {
     ++num_end;
   }
   if (num_end == 0) return InvalidArgument("'{}' is not a byte size (e.g. 512MiB, 2GB)", text);
@@ -110,11 +110,11 @@ FlagSet::FlagSet(std::string program, std::string synopsis)
     : program_(std::move(program)), synopsis_(std::move(synopsis)) {}
 
 void FlagSet::AddString(std::string name, std::string* dest, std::string help) {
-  flags_.push_back({std::move(name), std::move(help), *dest, false, false,
-                    [dest](std::string_view v) {
-                      *dest = std::string(v);
-                      return absl::OkStatus();
-                    }});
+  flags_.push_back(
+      {std::move(name), std::move(help), *dest, false, false, [dest](std::string_view v) {
+         *dest = std::string(v);
+         return absl::OkStatus();
+       }});
 }
 
 void FlagSet::AddInt(std::string name, int64_t* dest, std::string help) {

@@ -32,6 +32,7 @@ struct CliOptions {
   std::string predictor = "none";
   int64_t prefetch_depth = 0;
   int64_t prefetch_budget = 0;
+  double prefetch_threshold = 0;
   bool reset_per_sequence = false;
   int64_t batch = 1;
   bool json = false;
@@ -57,9 +58,9 @@ struct CliOptions {
 };
 
 struct Inputs {
-  RoutingTrace trace;            // the trace as read
-  std::vector<int64_t> replay;   // sequences replayed / evaluated
-  std::vector<int64_t> train;    // sequences used to learn predictor tables
+  RoutingTrace trace;           // the trace as read
+  std::vector<int64_t> replay;  // sequences replayed / evaluated
+  std::vector<int64_t> train;   // sequences used to learn predictor tables
 };
 
 absl::Status LoadInputs(const CliOptions& cli, Inputs* in) {
@@ -121,6 +122,10 @@ absl::StatusOr<ReplayOptions> MakeReplayOptions(const CliOptions& cli) {
   }
   o.prefetch_depth = static_cast<int32_t>(cli.prefetch_depth);
   o.prefetch_budget = static_cast<int32_t>(cli.prefetch_budget);
+  if (cli.prefetch_threshold < 0 || cli.prefetch_threshold > 1) {
+    return InvalidArgument("--prefetch-threshold {} must be in [0, 1]", cli.prefetch_threshold);
+  }
+  o.prefetch_threshold = cli.prefetch_threshold;
   o.reset_per_sequence = cli.reset_per_sequence;
   if (cli.link_gbps < 0) return InvalidArgument("--link-gbps {} is negative", cli.link_gbps);
   if (cli.layer_compute_us < 0) {
@@ -151,7 +156,8 @@ std::string TraceSummary(const RoutingTrace& t, int64_t replayed_sequences, int6
 
 absl::Status RunSingle(const CliOptions& cli, const Inputs& in) {
   MOE_ASSIGN_OR_RETURN(ReplayOptions options, MakeReplayOptions(cli));
-  if (cli.batch < 1 || cli.batch > 1 << 20) return InvalidArgument("--batch {} must be >= 1", cli.batch);
+  if (cli.batch < 1 || cli.batch > 1 << 20)
+    return InvalidArgument("--batch {} must be >= 1", cli.batch);
   const ReplaySchedule schedule(in.trace, in.replay, static_cast<int32_t>(cli.batch));
 
   std::unique_ptr<Predictor> predictor;
@@ -166,10 +172,10 @@ absl::Status RunSingle(const CliOptions& cli, const Inputs& in) {
   belady_options.prefetch_depth = 0;
   MOE_ASSIGN_OR_RETURN(ReplayResult b, RunReplay(in.trace, schedule, belady_options, nullptr));
 
-  const double floor_us =
-      r.timing.enabled
-          ? std::max(r.timing.compute_us, static_cast<double>(b.stats.misses) * r.timing.transfer_us)
-          : 0.0;
+  const double floor_us = r.timing.enabled
+                              ? std::max(r.timing.compute_us,
+                                         static_cast<double>(b.stats.misses) * r.timing.transfer_us)
+                              : 0.0;
 
   if (cli.json) {
     nlohmann::json j = StatsJson(r);
@@ -219,7 +225,8 @@ absl::Status RunSingle(const CliOptions& cli, const Inputs& in) {
     return absl::OkStatus();
   }
 
-  std::cout << fmt::format("trace      {}\n", TraceSummary(in.trace, schedule.num_sequences(), r.tokens));
+  std::cout << fmt::format("trace      {}\n",
+                           TraceSummary(in.trace, schedule.num_sequences(), r.tokens));
   std::cout << fmt::format(
       "cache      {} experts per {} ({} slots, {}), scope {}, policy {}{}\n",
       r.capacity_per_partition, cli.scope == "layer" ? "layer" : "cache", r.capacity_total,
@@ -232,10 +239,9 @@ absl::Status RunSingle(const CliOptions& cli, const Inputs& in) {
   std::cout << fmt::format("loads      {}  ({}; belady {})\n", r.stats.loads(),
                            FormatBytes(r.stats.bytes_loaded), b.stats.misses);
   if (cli.prefetch_depth > 0) {
-    std::cout << fmt::format(
-        "prefetch   {} issued, {} useful, {} late, {} wasted ({})\n", r.stats.prefetch_loads,
-        r.stats.prefetch_useful, r.late_prefetches, r.stats.prefetch_wasted,
-        FormatBytes(r.stats.prefetch_wasted_bytes));
+    std::cout << fmt::format("prefetch   {} issued, {} useful, {} late, {} wasted ({})\n",
+                             r.stats.prefetch_loads, r.stats.prefetch_useful, r.late_prefetches,
+                             r.stats.prefetch_wasted, FormatBytes(r.stats.prefetch_wasted_bytes));
   }
   if (r.timing.enabled) {
     const ReplayTiming& t = r.timing;
@@ -244,9 +250,9 @@ absl::Status RunSingle(const CliOptions& cli, const Inputs& in) {
         "           decode time {:.1f} ms = compute {:.1f} ms + stall {:.1f} ms; {:.1f} tokens/s\n"
         "           bounds: compute only {:.1f} ms; max(compute, belady loads x expert / link) "
         "{:.1f} ms; ratio to floor {:.2f}x\n",
-        cli.link_gbps, t.transfer_us, cli.layer_compute_us, t.total_us / 1e3,
-        t.compute_us / 1e3, t.stall_us / 1e3, t.tokens_per_second, t.compute_us / 1e3,
-        floor_us / 1e3, floor_us > 0 ? t.total_us / floor_us : 0.0);
+        cli.link_gbps, t.transfer_us, cli.layer_compute_us, t.total_us / 1e3, t.compute_us / 1e3,
+        t.stall_us / 1e3, t.tokens_per_second, t.compute_us / 1e3, floor_us / 1e3,
+        floor_us > 0 ? t.total_us / floor_us : 0.0);
   }
   std::cout << fmt::format("speed      {:.2f} M decisions/s ({:.3f} s; belady {:.3f} s)\n",
                            r.seconds > 0 ? r.token_layers / r.seconds / 1e6 : 0.0, r.seconds,
@@ -282,8 +288,8 @@ absl::Status RunSweep(const CliOptions& cli, const Inputs& in) {
   std::vector<std::vector<double>> hit(policies.size());
   std::vector<std::vector<uint64_t>> loads(policies.size());
   std::cerr << fmt::format("moe-replay: sweeping {} capacities x {} policies on {}\n", caps.size(),
-                           policies.size(), TraceSummary(in.trace, schedule.num_sequences(),
-                                                         schedule.num_tokens()));
+                           policies.size(),
+                           TraceSummary(in.trace, schedule.num_sequences(), schedule.num_tokens()));
   for (int64_t cap : caps) {
     for (size_t p = 0; p < policies.size(); ++p) {
       ReplayOptions o = base;
@@ -371,8 +377,8 @@ absl::Status RunEvalPredictor(const CliOptions& cli, const Inputs& in) {
   std::cout << fmt::format("{:>9} {:>8} {:>10} {:>10}\n", "distance", "recall", "precision",
                            "samples");
   for (const DistanceScore& s : scores) {
-    std::cout << fmt::format("{:>9} {:>8.4f} {:>10.4f} {:>10}\n", s.distance, s.recall,
-                             s.precision, s.samples);
+    std::cout << fmt::format("{:>9} {:>8.4f} {:>10.4f} {:>10}\n", s.distance, s.recall, s.precision,
+                             s.samples);
   }
   return absl::OkStatus();
 }
@@ -386,12 +392,14 @@ int Main(int argc, char** argv) {
   flags.AddInt("capacity", &cli.capacity, "cache size in experts per MoE layer");
   flags.AddBytes("budget-bytes", &cli.budget_bytes, "cache size in bytes (e.g. 4GiB)");
   flags.AddString("scope", &cli.scope, "layer (budget split per layer) or global");
-  flags.AddString("policy", &cli.policy, "eviction policy: lru, lfu, arc, lrfu, predictive, belady");
-  flags.AddString("predictor", &cli.predictor,
-                  "none, frequency, transition, recency, combined");
+  flags.AddString("policy", &cli.policy,
+                  "eviction policy: lru, lfu, arc, lrfu, predictive, belady");
+  flags.AddString("predictor", &cli.predictor, "none, frequency, transition, recency, combined");
   flags.AddInt("prefetch-depth", &cli.prefetch_depth, "layers ahead to prefetch (0: demand only)");
   flags.AddInt("prefetch-budget", &cli.prefetch_budget,
                "experts prefetched per predicted layer (0: top-k)");
+  flags.AddDouble("prefetch-threshold", &cli.prefetch_threshold,
+                  "prefetch only experts predicted with at least this probability");
   flags.AddBool("reset-per-sequence", &cli.reset_per_sequence,
                 "empty the cache at each new sequence (default: it persists)");
   flags.AddInt("batch", &cli.batch, "interleave this many sequences (continuous batching)");

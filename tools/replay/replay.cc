@@ -110,8 +110,8 @@ absl::StatusOr<ReplayResult> RunReplay(const RoutingTrace& trace, const ReplaySc
     return InvalidArgument(
         "cache holds {} experts per {} but a token needs top_k = {} experts at once: raise the "
         "capacity or budget",
-        cache->capacity_per_partition(),
-        options.scope == CacheScope::kLayer ? "layer" : "cache", K);
+        cache->capacity_per_partition(), options.scope == CacheScope::kLayer ? "layer" : "cache",
+        K);
   }
 
   std::vector<uint32_t> next_use;
@@ -235,6 +235,7 @@ absl::StatusOr<ReplayResult> RunReplay(const RoutingTrace& trace, const ReplaySc
           predictor->Predict(tok.sequence, target, probs);
           scores.SetLayer(target, probs);
           for (const ScoredExpert& e : TopExperts(probs, prefetch_budget)) {
+            if (e.probability < options.prefetch_threshold) break;  // most probable first
             const ExpertKey key = space.Key(target, e.expert);
             if (cache->Prefetch(key) && timed) link->EnqueuePrefetch(key, now);
           }

@@ -39,8 +39,9 @@ struct ReplayOptions {
   uint64_t budget_bytes = 0;       // a byte budget (used when capacity_per_layer == 0)
   uint64_t expert_bytes = 0;       // 0: the trace header's value; still 0: 1 byte (count only)
   std::string policy = "lru";
-  int32_t prefetch_depth = 0;   // layers ahead to prefetch (needs a predictor)
-  int32_t prefetch_budget = 0;  // experts prefetched per predicted layer; 0: top_k
+  int32_t prefetch_depth = 0;     // layers ahead to prefetch (needs a predictor)
+  int32_t prefetch_budget = 0;    // experts prefetched per predicted layer; 0: top_k
+  double prefetch_threshold = 0;  // only prefetch experts predicted with at least this probability
   bool reset_per_sequence = false;
   // Timing model; disabled when link_gbps <= 0.
   double link_gbps = 0;         // GB/s (1e9 bytes per second)
@@ -49,13 +50,13 @@ struct ReplayOptions {
 
 struct ReplayTiming {
   bool enabled = false;
-  double total_us = 0;       // simulated decode time
-  double compute_us = 0;     // steps x layers x layer_compute_us: the compute-only bound
-  double stall_us = 0;       // time layers waited for experts
+  double total_us = 0;    // simulated decode time
+  double compute_us = 0;  // steps x layers x layer_compute_us: the compute-only bound
+  double stall_us = 0;    // time layers waited for experts
   double link_busy_us = 0;
   uint64_t link_transfers = 0;
   uint64_t cancelled_prefetches = 0;  // evicted before their transfer started: no link time
-  double transfer_us = 0;    // one expert over the link
+  double transfer_us = 0;             // one expert over the link
   double tokens_per_second = 0;
 };
 
@@ -64,12 +65,12 @@ struct ReplayResult {
   uint64_t late_prefetches = 0;  // demand hits on prefetched experts still in flight
   int64_t tokens = 0;
   int64_t steps = 0;
-  int64_t token_layers = 0;      // routing decisions replayed
+  int64_t token_layers = 0;  // routing decisions replayed
   int64_t capacity_per_partition = 0;
   int64_t capacity_total = 0;
   uint64_t expert_bytes = 0;
   ReplayTiming timing;
-  double seconds = 0;            // wall time of the replay loop
+  double seconds = 0;  // wall time of the replay loop
 };
 
 // InvalidArgument / ResourceExhausted (named values) for a capacity below top_k, options that

@@ -12,11 +12,20 @@ std::string Escape(const std::string& s) {
   std::string out;
   for (char c : s) {
     switch (c) {
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '&': out += "&amp;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += c;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '&':
+        out += "&amp;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      default:
+        out += c;
     }
   }
   return out;
@@ -83,19 +92,19 @@ std::string RenderLinePlotSvg(const std::string& title, const std::string& x_lab
     for (size_t j = 0; j < s.x.size() && j < s.y.size(); ++j) {
       points += fmt::format("{:.1f},{:.1f} ", px(s.x[j]), py(s.y[j]));
     }
-    svg += fmt::format(
-        "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\"{} points=\"{}\"/>\n", color,
-        s.dashed ? " stroke-dasharray=\"6 4\"" : "", points);
+    svg +=
+        fmt::format("<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\"{} points=\"{}\"/>\n",
+                    color, s.dashed ? " stroke-dasharray=\"6 4\"" : "", points);
     for (size_t j = 0; j < s.x.size() && j < s.y.size(); ++j) {
-      svg += fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"3\" fill=\"{}\"/>\n",
-                         px(s.x[j]), py(s.y[j]), color);
+      svg += fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"3\" fill=\"{}\"/>\n", px(s.x[j]),
+                         py(s.y[j]), color);
     }
     const double ly = top + 14 + 20.0 * static_cast<double>(i);
     svg += fmt::format(
         "<line x1=\"{:.1f}\" y1=\"{:.1f}\" x2=\"{:.1f}\" y2=\"{:.1f}\" stroke=\"{}\" "
         "stroke-width=\"2\"{}/>\n<text x=\"{:.1f}\" y=\"{:.1f}\">{}</text>\n",
-        left + pw + 12, ly, left + pw + 36, ly, color,
-        s.dashed ? " stroke-dasharray=\"6 4\"" : "", left + pw + 42, ly + 4, Escape(s.label));
+        left + pw + 12, ly, left + pw + 36, ly, color, s.dashed ? " stroke-dasharray=\"6 4\"" : "",
+        left + pw + 42, ly + 4, Escape(s.label));
   }
   svg += "</svg>\n";
   return svg;

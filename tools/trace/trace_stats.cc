@@ -75,9 +75,10 @@ TraceStats ComputeTraceStats(const RoutingTrace& trace) {
   if (L > 1) {
     std::vector<std::vector<int32_t>> popular(static_cast<size_t>(L));
     for (int32_t l = 0; l < L; ++l) {
-      popular[l] = TopIndices(std::vector<double>(counts.begin() + static_cast<ptrdiff_t>(l) * E,
-                                                  counts.begin() + static_cast<ptrdiff_t>(l + 1) * E),
-                              K);
+      popular[l] =
+          TopIndices(std::vector<double>(counts.begin() + static_cast<ptrdiff_t>(l) * E,
+                                         counts.begin() + static_cast<ptrdiff_t>(l + 1) * E),
+                     K);
     }
     double trans_hits = 0, pop_hits = 0;
     int64_t samples = 0;
@@ -91,8 +92,7 @@ TraceStats ComputeTraceStats(const RoutingTrace& trace) {
           for (int32_t b = 0; b < E; ++b) score[b] += table[static_cast<size_t>(a) * E + b];
         for (int32_t e : TopIndices(score, K))
           trans_hits += std::count(next.begin(), next.end(), e) > 0;
-        for (int32_t e : popular[l + 1])
-          pop_hits += std::count(next.begin(), next.end(), e) > 0;
+        for (int32_t e : popular[l + 1]) pop_hits += std::count(next.begin(), next.end(), e) > 0;
         ++samples;
       }
     }
