@@ -136,17 +136,22 @@ absl::StatusOr<ReplayResult> RunReplay(const RoutingTrace& trace, const ReplaySc
   };
   attach_listener(*cache);
 
-  CacheStats accumulated;  // stats of caches discarded by reset_per_sequence
-  auto add_stats = [](CacheStats& a, const CacheStats& b) {
-    a.accesses += b.accesses;
-    a.hits += b.hits;
-    a.misses += b.misses;
-    a.prefetch_loads += b.prefetch_loads;
-    a.evictions += b.evictions;
-    a.bytes_loaded += b.bytes_loaded;
-    a.prefetch_useful += b.prefetch_useful;
-    a.prefetch_wasted += b.prefetch_wasted;
-    a.prefetch_wasted_bytes += b.prefetch_wasted_bytes;
+  // Adds a cache's statistics to `accumulated` (stats of caches discarded by
+  // reset_per_sequence plus the last one), counting prefetched experts still unused as wasted.
+  CacheStats accumulated;
+  auto harvest = [&](const ExpertCache& c) {
+    const CacheStats& s = c.stats();
+    const auto unused = static_cast<uint64_t>(c.unused_prefetched_count());
+    accumulated.accesses += s.accesses;
+    accumulated.hits += s.hits;
+    accumulated.misses += s.misses;
+    accumulated.prefetch_loads += s.prefetch_loads;
+    accumulated.evictions += s.evictions;
+    accumulated.bytes_loaded += s.bytes_loaded;
+    accumulated.prefetch_useful += s.prefetch_useful;
+    accumulated.prefetch_wasted += s.prefetch_wasted + unused;
+    accumulated.prefetch_wasted_bytes +=
+        s.prefetch_wasted_bytes + unused * c.options().expert_bytes;
   };
 
   std::vector<float> probs(static_cast<size_t>(space.num_experts));
@@ -155,11 +160,7 @@ absl::StatusOr<ReplayResult> RunReplay(const RoutingTrace& trace, const ReplaySc
   bool first_step = true;
   for (const ReplayStep& step : schedule.steps()) {
     if (options.reset_per_sequence && step.starts_sequence_alone && !first_step) {
-      CacheStats s = cache->stats();
-      s.prefetch_wasted += static_cast<uint64_t>(cache->unused_prefetched_count());
-      s.prefetch_wasted_bytes +=
-          static_cast<uint64_t>(cache->unused_prefetched_count()) * cache_options.expert_bytes;
-      add_stats(accumulated, s);
+      harvest(*cache);
       MOE_ASSIGN_OR_RETURN(cache, ExpertCache::Create(cache_options));
       attach_listener(*cache);
     }
@@ -251,11 +252,7 @@ absl::StatusOr<ReplayResult> RunReplay(const RoutingTrace& trace, const ReplaySc
     ++result.steps;
   }
 
-  CacheStats final_stats = cache->stats();
-  final_stats.prefetch_wasted += static_cast<uint64_t>(cache->unused_prefetched_count());
-  final_stats.prefetch_wasted_bytes +=
-      static_cast<uint64_t>(cache->unused_prefetched_count()) * cache_options.expert_bytes;
-  add_stats(accumulated, final_stats);
+  harvest(*cache);
   result.stats = accumulated;
 
   if (timed) {
