@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: generate a synthetic routing trace with the project's
-# own generator, replay it at several cache sizes against LRU / LFU / LFRU and Belady, then one
-# replay with prefetching and the link timing model. Usage: scripts/demo.sh
+# own generator, replay it at several cache sizes against every policy and Belady, then LRU and
+# LRFU once each with the link timing model. Usage: scripts/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=build
@@ -21,9 +21,11 @@ echo
   --policies lru,lfu,arc,lrfu,predictive --predictor combined --train-fraction 0.5 \
   --csv "$build/demo-sweep.csv" --svg "$build/demo-sweep.svg"
 echo
-echo "one replay at 4 experts per layer, predictor-aware eviction and 1-layer prefetch,"
-echo "PCIe 4 link (25 GB/s), 0.1 ms compute per layer:"
-"$build/bin/moe-replay" --trace "$trace" --capacity 4 --policy predictive --predictor combined \
-  --train-fraction 0.5 --prefetch-depth 1 --link-gbps 25 --layer-compute-us 100
-echo
+for policy in lru lrfu; do
+  echo "replay at 4 of 8 experts per layer, policy $policy, on demand, PCIe 4 link (25 GB/s),"
+  echo "0.1 ms compute per layer:"
+  "$build/bin/moe-replay" --trace "$trace" --capacity 4 --policy "$policy" --link-gbps 25 \
+    --layer-compute-us 100
+  echo
+done
 echo "plot: $build/demo-sweep.svg   table: $build/demo-sweep.csv"

@@ -76,7 +76,9 @@ absl::StatusOr<uint64_t> ParseByteSize(std::string_view text) {
     return InvalidArgument("'{}' has an unknown size unit (use k, M, G, T, KiB, MiB, GiB, TiB)",
                            text);
   }
-  MOE_ASSIGN_OR_RETURN(double number, ParseDoubleText(t.substr(0, num_end)));
+  auto number_or = ParseDoubleText(t.substr(0, num_end));
+  if (!number_or.ok()) return InvalidArgument("'{}' is not a byte size (e.g. 512MiB, 2GB)", text);
+  const double number = *number_or;
   double bytes = number * scale;
   if (bytes > 1.8e19) return InvalidArgument("'{}' is too large", text);
   return static_cast<uint64_t>(std::llround(bytes));
