@@ -133,6 +133,8 @@ TEST_F(CliTest, BadInputGivesOneClearErrorAndExitCode2) {
     std::string bytes((std::istreambuf_iterator<char>(in)), {});
     std::ofstream(truncated, std::ios::binary) << bytes.substr(0, bytes.size() / 2);
   }
+  const std::string no_size = (dir_ / "no_size.moetrace").string();
+  ASSERT_EQ(Exec("moe-trace --synthetic --out " + no_size + " --expert-bytes 0").exit_code, 0);
   const std::string empty = (dir_ / "empty.moetrace").string();
   std::ofstream(empty).close();
   const Case cases[] = {
@@ -149,6 +151,7 @@ TEST_F(CliTest, BadInputGivesOneClearErrorAndExitCode2) {
       {"moe-replay --trace " + trace_ + " --budget-bytes 3XB", "3XB"},
       {"moe-replay --trace " + trace_ + " --budget-bytes 1000", "budget"},
       {"moe-replay --capacity 2", "--trace is required"},
+      {"moe-replay --trace " + no_size + " --budget-bytes 1GB", "--expert-bytes"},
       {"moe-trace --synthetic --out " + (dir_ / "x").string() + " --top-k 9 --experts 8", "top_k"},
   };
   for (const Case& c : cases) {

@@ -61,7 +61,15 @@ absl::StatusOr<CacheOptions> MakeReplayCacheOptions(const RoutingTrace& trace,
   cache.scope = options.scope;
   cache.policy = options.policy;
   cache.expert_bytes = options.expert_bytes ? options.expert_bytes : trace.header.expert_bytes;
-  if (cache.expert_bytes == 0) cache.expert_bytes = 1;
+  if (cache.expert_bytes == 0) {
+    if (options.capacity_per_layer == 0 && options.budget_bytes > 0) {
+      return InvalidArgument(
+          "a byte budget needs the size of one expert, and trace '{}' does not record it: give "
+          "the expert size (--expert-bytes) or a capacity in experts",
+          trace.header.model);
+    }
+    cache.expert_bytes = 1;  // counting experts only
+  }
   if (options.capacity_per_layer > 0) {
     cache.budget_bytes = static_cast<uint64_t>(options.capacity_per_layer) *
                          static_cast<uint64_t>(trace.header.num_layers) * cache.expert_bytes;
