@@ -13,7 +13,7 @@
 namespace moe {
 namespace {
 
-constexpr std::array<std::string_view, 6> kPolicyNames = {"lru", "lfu",        "arc",
+constexpr std::array<std::string_view, 6> kPolicyNames = {"lru",  "lfu",        "arc",
                                                           "lrfu", "predictive", "belady"};
 
 std::string JoinedNames() {
