@@ -151,6 +151,7 @@ TEST_F(CliTest, BadInputGivesOneClearErrorAndExitCode2) {
       {"moe-replay --trace " + trace_ + " --budget-bytes 3XB", "3XB"},
       {"moe-replay --trace " + trace_ + " --budget-bytes 1000", "budget"},
       {"moe-replay --capacity 2", "--trace is required"},
+      {"moe-replay --trace " + trace_ + " --capacity 2 --batch 0", "--batch 0"},
       {"moe-replay --trace " + no_size + " --budget-bytes 1GB", "--expert-bytes"},
       {"moe-trace --synthetic --out " + (dir_ / "x").string() + " --top-k 9 --experts 8", "top_k"},
   };

@@ -106,6 +106,18 @@ absl::StatusOr<std::unique_ptr<Predictor>> BuildPredictor(const CliOptions& cli,
   return p;
 }
 
+// The predictor --predictor names, or "combined" where a mode needs one and none was named.
+std::string PredictorNameOrDefault(const CliOptions& cli) {
+  return cli.predictor == "none" ? "combined" : cli.predictor;
+}
+
+absl::StatusOr<ReplaySchedule> MakeSchedule(const CliOptions& cli, const Inputs& in) {
+  if (cli.batch < 1 || cli.batch > 1 << 20) {
+    return InvalidArgument("--batch {} must be in [1, 2^20]", cli.batch);
+  }
+  return ReplaySchedule(in.trace, in.replay, static_cast<int32_t>(cli.batch));
+}
+
 absl::StatusOr<ReplayOptions> MakeReplayOptions(const CliOptions& cli) {
   ReplayOptions o;
   MOE_ASSIGN_OR_RETURN(o.scope, ParseCacheScope(cli.scope));
@@ -156,14 +168,11 @@ std::string TraceSummary(const RoutingTrace& t, int64_t replayed_sequences, int6
 
 absl::Status RunSingle(const CliOptions& cli, const Inputs& in) {
   MOE_ASSIGN_OR_RETURN(ReplayOptions options, MakeReplayOptions(cli));
-  if (cli.batch < 1 || cli.batch > 1 << 20)
-    return InvalidArgument("--batch {} must be >= 1", cli.batch);
-  const ReplaySchedule schedule(in.trace, in.replay, static_cast<int32_t>(cli.batch));
+  MOE_ASSIGN_OR_RETURN(const ReplaySchedule schedule, MakeSchedule(cli, in));
 
   std::unique_ptr<Predictor> predictor;
   if (cli.predictor != "none" || cli.policy == "predictive") {
-    const std::string name = cli.predictor == "none" ? "combined" : cli.predictor;
-    MOE_ASSIGN_OR_RETURN(predictor, BuildPredictor(cli, name, in));
+    MOE_ASSIGN_OR_RETURN(predictor, BuildPredictor(cli, PredictorNameOrDefault(cli), in));
   }
   MOE_ASSIGN_OR_RETURN(ReplayResult r, RunReplay(in.trace, schedule, options, predictor.get()));
 
@@ -262,8 +271,7 @@ absl::Status RunSingle(const CliOptions& cli, const Inputs& in) {
 
 absl::Status RunSweep(const CliOptions& cli, const Inputs& in) {
   MOE_ASSIGN_OR_RETURN(ReplayOptions base, MakeReplayOptions(cli));
-  if (cli.batch < 1) return InvalidArgument("--batch {} must be >= 1", cli.batch);
-  const ReplaySchedule schedule(in.trace, in.replay, static_cast<int32_t>(cli.batch));
+  MOE_ASSIGN_OR_RETURN(const ReplaySchedule schedule, MakeSchedule(cli, in));
   std::vector<int64_t> caps;
   for (const std::string& c : SplitList(cli.capacities)) {
     int64_t v = 0;
@@ -280,8 +288,7 @@ absl::Status RunSweep(const CliOptions& cli, const Inputs& in) {
   std::unique_ptr<Predictor> predictor;
   for (const std::string& p : policies) {
     if (p == "predictive" && !predictor) {
-      const std::string name = cli.predictor == "none" ? "combined" : cli.predictor;
-      MOE_ASSIGN_OR_RETURN(predictor, BuildPredictor(cli, name, in));
+      MOE_ASSIGN_OR_RETURN(predictor, BuildPredictor(cli, PredictorNameOrDefault(cli), in));
     }
   }
 
@@ -348,8 +355,8 @@ absl::Status RunSweep(const CliOptions& cli, const Inputs& in) {
 }
 
 absl::Status RunEvalPredictor(const CliOptions& cli, const Inputs& in) {
-  const std::string name = cli.predictor == "none" ? "combined" : cli.predictor;
-  MOE_ASSIGN_OR_RETURN(std::unique_ptr<Predictor> predictor, BuildPredictor(cli, name, in));
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<Predictor> predictor,
+                       BuildPredictor(cli, PredictorNameOrDefault(cli), in));
   PredictorEvalOptions eo;
   eo.budget = static_cast<int32_t>(cli.budget > 0 ? cli.budget : 2 * in.trace.header.top_k);
   eo.max_distance = static_cast<int32_t>(cli.max_distance);

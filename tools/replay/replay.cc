@@ -163,6 +163,8 @@ absl::StatusOr<ReplayResult> RunReplay(const RoutingTrace& trace, const ReplaySc
   };
 
   std::vector<float> probs(static_cast<size_t>(space.num_experts));
+  std::vector<int32_t> order(static_cast<size_t>(space.num_experts));  // TopExpertIds scratch
+  const bool scores_read = options.policy == "predictive";
   uint64_t pos = 0;
   double now = 0;
   bool first_step = true;
@@ -236,16 +238,21 @@ absl::StatusOr<ReplayResult> RunReplay(const RoutingTrace& trace, const ReplaySc
 
         if (predictor == nullptr) continue;
         predictor->Observe(tok.sequence, l, experts);
-        // The scores of layer l now describe its next visit: the sequence's next token.
-        predictor->Predict(tok.sequence, l, probs);
-        scores.SetLayer(l, probs);
+        // Only the "predictive" policy reads the scores; the scores of layer l now describe its
+        // next visit: the sequence's next token.
+        if (scores_read) {
+          predictor->Predict(tok.sequence, l, probs);
+          scores.SetLayer(l, probs);
+        }
         for (int32_t d = 1; d <= options.prefetch_depth; ++d) {
           const int32_t target = (l + d) % L;
           predictor->Predict(tok.sequence, target, probs);
-          scores.SetLayer(target, probs);
-          for (const ScoredExpert& e : TopExperts(probs, prefetch_budget)) {
-            if (e.probability < options.prefetch_threshold) break;  // most probable first
-            const ExpertKey key = space.Key(target, e.expert);
+          if (scores_read) scores.SetLayer(target, probs);
+          const int32_t n = TopExpertIds(probs, prefetch_budget, order);
+          for (int32_t i = 0; i < n; ++i) {
+            const int32_t e = order[i];
+            if (probs[e] < options.prefetch_threshold) break;  // most probable first
+            const ExpertKey key = space.Key(target, e);
             if (cache->Prefetch(key) && timed) link->EnqueuePrefetch(key, now);
           }
         }
