@@ -35,6 +35,11 @@ class Checkpoint {
   using ProgressFn = std::function<void(int done, int total, uint64_t bytes)>;
 
   // NotFound when `dir` has neither model.safetensors nor the index; DataLoss for malformed files.
+  // model.safetensors wins when both exist (as in transformers). DataLoss also covers an index
+  // that is not {"weight_map": {string: string}}, names a shard that is not a plain file name
+  // in `dir` (no '/', '\\', ".."), names a missing shard, or maps a tensor to a shard that does
+  // not hold it, and a tensor stored in two files. A shard tensor absent from the index is only
+  // a warning (MOE_LOG) and is still loaded. `progress` bytes count tensor data.
   static absl::StatusOr<std::unique_ptr<Checkpoint>> Open(const std::string& dir,
                                                           const ProgressFn& progress = {});
 
@@ -42,11 +47,13 @@ class Checkpoint {
   // nullptr when absent.
   const CheckpointTensor* Find(std::string_view name) const;
   // The tensor `name` with dtype F32, BF16 or F16 and exactly `shape`; NotFound / InvalidArgument
-  // naming the file, tensor, found and expected shape otherwise.
+  // naming the file, tensor, found and expected shape otherwise. (NotFound names the single
+  // file, or the index of a sharded checkpoint.)
   absl::StatusOr<CheckpointTensor> Expect(std::string_view name,
                                           std::span<const int64_t> shape) const;
   // Every tensor name, sorted.
   std::vector<std::string> TensorNames() const;
+  // Sum of all tensors' data bytes (headers excluded).
   uint64_t total_bytes() const { return total_bytes_; }
   const std::vector<std::unique_ptr<SafetensorsFile>>& files() const { return files_; }
 

@@ -54,6 +54,8 @@ struct ModelConfig {
 // Parses and validates config.json text. `source` names the file in messages. InvalidArgument on
 // bad JSON, missing or mistyped fields, unsupported architectures or contradictions;
 // Unimplemented for valid configs this runtime cannot run (e.g. Qwen2-MoE with dense layers).
+// Fields, defaults and limits (widths and vocab <= 2^24, layers and heads <= 2^16, experts <=
+// 65535) are listed in docs/checkpoints.md. Never throws, whatever the input.
 absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text, std::string_view source);
 
 // Reads `<model_dir>/config.json` (NotFound when absent).

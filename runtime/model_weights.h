@@ -16,6 +16,8 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -53,7 +55,32 @@ struct ModelWeights {
   uint64_t non_expert_bytes = 0;  // every other tensor (lm_head counted once when tied)
 };
 
+// Binds every tensor the config calls for. Checks, before returning anything: presence, dtype
+// (F32/BF16/F16), exact shape, alignment of the data to the element size (kernels read the
+// mapping in place), one dtype for all routed experts, and that no tensor of the checkpoint
+// names a layer >= num_layers or an expert >= num_experts. Errors name the file and the
+// tensor: NotFound for a missing tensor, InvalidArgument otherwise. Tensors the model does not
+// use are logged as a warning, not rejected. Thread-safe (reads only).
 absl::StatusOr<ModelWeights> BindModelWeights(const Checkpoint& checkpoint,
                                               const ModelConfig& config);
+
+// A family's tensor names (the naming table; see the top of this header). Patterns contain
+// "{layer}" and "{expert}" placeholders; an empty pattern means the family has no such tensor.
+struct TensorNaming {
+  std::string_view embed;
+  std::string_view final_norm;
+  std::string_view lm_head;
+  std::string_view input_norm;  // per layer from here on
+  std::string_view post_attention_norm;
+  std::string_view q, k, v, o;
+  std::string_view q_bias, k_bias, v_bias;  // used when config.attention_bias
+  std::string_view router;
+  std::string_view expert_gate, expert_up, expert_down;  // per routed expert
+  std::string_view shared_gate, shared_up, shared_down;  // shared expert
+  std::string_view shared_expert_gate;
+};
+const TensorNaming& TensorNamingFor(ModelFamily family);
+// `pattern` with "{layer}" and "{expert}" replaced by the decimal numbers.
+std::string ExpandTensorName(std::string_view pattern, int64_t layer, int64_t expert = 0);
 
 }  // namespace moe

@@ -60,6 +60,73 @@ TEST(ReplaySchedule, BatchOneRunsSequencesInOrder) {
   EXPECT_EQ(starts, 3);
 }
 
+TEST(ReplaySchedule, PrefillChunksGroupPromptTokensAsTheEngineRunsThem) {
+  RoutingTrace t = RandomTrace(2, 6, 2, 3, 5, 20);
+  // Each sequence: its first half is the prompt (prefill), the rest decode.
+  for (const TraceSequence& seq : t.sequences) {
+    for (int64_t i = 0; i < seq.num_tokens; ++i) {
+      t.phases[seq.token_offset + i] = i < (seq.num_tokens + 1) / 2 ? Phase::kPrefill : Phase::kDecode;
+    }
+  }
+  ReplaySchedule s(t, {}, 1, 3);
+  ASSERT_EQ(s.num_tokens(), t.num_tokens());
+  int64_t expect = 0;
+  for (const ReplayStep& step : s.steps()) {
+    const auto tokens = s.Tokens(step);
+    const TraceSequence& seq = t.sequences[tokens[0].sequence];
+    const int64_t first = tokens[0].token - seq.token_offset;
+    EXPECT_EQ(step.starts_sequence_alone, first == 0);
+    ASSERT_LE(step.count, 3);
+    for (const ScheduledToken& tok : tokens) {
+      EXPECT_EQ(tok.token, expect++);  // order kept
+      EXPECT_EQ(tok.sequence, tokens[0].sequence);
+    }
+    if (t.phases[tokens[0].token] == Phase::kDecode) {
+      EXPECT_EQ(step.count, 1);
+    } else {
+      // Prompt chunks start at multiples of 3 from the prompt's start.
+      EXPECT_EQ(first % 3, 0);
+      for (const ScheduledToken& tok : tokens) EXPECT_EQ(t.phases[tok.token], Phase::kPrefill);
+    }
+  }
+}
+
+TEST(Replay, MultiTokenStepsCountOneAccessPerDistinctExpert) {
+  RoutingTrace t = RandomTrace(3, 8, 2, 4, 9, 16);
+  for (auto& p : t.phases) p = Phase::kPrefill;
+  ReplaySchedule s(t, {}, 1, 4);
+  uint64_t distinct = 0;
+  std::set<std::pair<int, int>> used;  // (layer, expert) anywhere in the trace
+  for (int64_t tok = 0; tok < t.num_tokens(); ++tok) {
+    for (int32_t l = 0; l < 3; ++l) {
+      for (uint16_t e : t.Experts(tok, l)) used.insert({l, e});
+    }
+  }
+  for (const ReplayStep& step : s.steps()) {
+    for (int32_t l = 0; l < 3; ++l) {
+      std::set<int> seen;
+      for (const ScheduledToken& tok : s.Tokens(step)) {
+        for (uint16_t e : t.Experts(tok.token, l)) seen.insert(e);
+      }
+      distinct += seen.size();
+    }
+  }
+  for (const char* policy : {"lru", "lfu", "belady"}) {
+    ReplayOptions o;
+    o.policy = policy;
+    o.capacity_per_layer = 8;  // everything fits: only cold misses
+    auto r = RunReplay(t, s, o, nullptr);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->stats.accesses, distinct);
+    EXPECT_EQ(r->stats.misses, used.size());
+    o.capacity_per_layer = 2;  // smaller than a step's set: waves, never an error
+    r = RunReplay(t, s, o, nullptr);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->stats.accesses, distinct);
+    EXPECT_EQ(r->stats.hits + r->stats.misses, distinct);
+  }
+}
+
 TEST(ReplaySchedule, BatchInterleavesAndRefillsSlots) {
   RoutingTrace t;
   t.header = {"m", 1, 4, 1, 1, {}};

@@ -35,6 +35,7 @@ struct CliOptions {
   double prefetch_threshold = 0;
   bool reset_per_sequence = false;
   int64_t batch = 1;
+  int64_t prefill_chunk = 0;
   bool json = false;
   uint64_t expert_bytes = 0;
   double link_gbps = 0;
@@ -115,7 +116,14 @@ absl::StatusOr<ReplaySchedule> MakeSchedule(const CliOptions& cli, const Inputs&
   if (cli.batch < 1 || cli.batch > 1 << 20) {
     return InvalidArgument("--batch {} must be in [1, 2^20]", cli.batch);
   }
-  return ReplaySchedule(in.trace, in.replay, static_cast<int32_t>(cli.batch));
+  if (cli.prefill_chunk < 0 || cli.prefill_chunk > 1 << 20) {
+    return InvalidArgument("--prefill-chunk {} must be in [0, 2^20]", cli.prefill_chunk);
+  }
+  if (cli.prefill_chunk > 0 && cli.batch > 1) {
+    return InvalidArgument("--prefill-chunk needs --batch 1 (got --batch {})", cli.batch);
+  }
+  return ReplaySchedule(in.trace, in.replay, static_cast<int32_t>(cli.batch),
+                        static_cast<int32_t>(cli.prefill_chunk));
 }
 
 absl::StatusOr<ReplayOptions> MakeReplayOptions(const CliOptions& cli) {
@@ -197,6 +205,7 @@ absl::Status RunSingle(const CliOptions& cli, const Inputs& in) {
     j["policy"] = cli.policy;
     j["predictor"] = predictor ? std::string(predictor->name()) : "none";
     j["batch"] = cli.batch;
+    j["prefill_chunk"] = cli.prefill_chunk;
     j["reset_per_sequence"] = cli.reset_per_sequence;
     j["capacity_per_partition"] = r.capacity_per_partition;
     j["capacity_total"] = r.capacity_total;
@@ -410,6 +419,9 @@ int Main(int argc, char** argv) {
   flags.AddBool("reset-per-sequence", &cli.reset_per_sequence,
                 "empty the cache at each new sequence (default: it persists)");
   flags.AddInt("batch", &cli.batch, "interleave this many sequences (continuous batching)");
+  flags.AddInt("prefill-chunk", &cli.prefill_chunk,
+               "replay prompts as the engine runs them: prefill steps of up to N tokens, one "
+               "access per distinct expert per layer-step (0: token by token)");
   flags.AddBool("json", &cli.json, "print one JSON object on stdout");
   flags.AddBytes("expert-bytes", &cli.expert_bytes,
                  "bytes of one expert (default: the trace header's)");

@@ -7,6 +7,7 @@
 #include <memory>
 #include <optional>
 
+#include "memory/expert_set.h"
 #include "runtime/status.h"
 #include "tools/replay/link_model.h"
 
@@ -99,8 +100,7 @@ absl::StatusOr<ReplayResult> RunReplay(const RoutingTrace& trace, const ReplaySc
         "policy {} is the offline demand-paging optimum and cannot be combined with prefetching",
         options.policy);
   }
-  if (options.reset_per_sequence && schedule.steps().size() > 0 &&
-      schedule.num_tokens() != static_cast<int64_t>(schedule.steps().size())) {
+  if (options.reset_per_sequence && schedule.interleaved()) {
     return InvalidArgument("reset per sequence needs batch size 1 (sequences interleave)");
   }
   if (K > 64) return InvalidArgument("top_k {} is larger than the 64 replay supports", K);
@@ -165,6 +165,13 @@ absl::StatusOr<ReplayResult> RunReplay(const RoutingTrace& trace, const ReplaySc
   std::vector<float> probs(static_cast<size_t>(space.num_experts));
   std::vector<int32_t> order(static_cast<size_t>(space.num_experts));  // TopExpertIds scratch
   const bool scores_read = options.policy == "predictive";
+  // Scratch of multi-token steps.
+  std::vector<uint32_t> seen_stamp(static_cast<size_t>(space.size()), 0), index_of(seen_stamp);
+  uint32_t stamp = 0;
+  std::vector<ExpertKey> step_keys;
+  std::vector<AccessHint> step_hints;
+  std::vector<AcquiredExpert> wave;
+  std::vector<uint32_t> pending;
   uint64_t pos = 0;
   double now = 0;
   bool first_step = true;
@@ -186,8 +193,51 @@ absl::StatusOr<ReplayResult> RunReplay(const RoutingTrace& trace, const ReplaySc
       const ExpertKey base = space.Key(l, 0);
       double layer_ready = now;
       if (timed) link->AdvanceTo(now);
+      const bool multi = tokens.size() > 1;
+      if (multi) {
+        // A multi-token step (continuous batching, prefill chunk): one access per distinct
+        // expert, acquired in waves exactly as the engine does (memory/expert_set.h).
+        ++stamp;
+        step_keys.clear();
+        step_hints.clear();
+        for (const ScheduledToken& tok : tokens) {
+          const auto experts = trace.Experts(tok.token, l);
+          for (int32_t j = 0; j < K; ++j, ++pos) {
+            const ExpertKey key = base + experts[j];
+            if (seen_stamp[key] != stamp) {
+              seen_stamp[key] = stamp;
+              index_of[key] = static_cast<uint32_t>(step_keys.size());
+              step_keys.push_back(key);
+              if (use_future) step_hints.emplace_back();
+            }
+            if (use_future) {  // the last occurrence in the step tells the next use after it
+              const uint32_t n = next_use[pos];
+              step_hints[index_of[key]].next_use =
+                  n == std::numeric_limits<uint32_t>::max() ? AccessHint::kNever : n;
+            }
+          }
+        }
+        MOE_RETURN_IF_ERROR(AcquireInWaves(
+            *cache, step_keys, step_hints, wave, pending,
+            [&](std::span<const AcquiredExpert> acquired) {
+              if (!timed) return absl::OkStatus();
+              for (const AcquiredExpert& a : acquired) {
+                double ready;
+                if (a.loaded) {
+                  ready = link->Demand(a.key, now);
+                } else {
+                  bool in_flight = false;
+                  ready = link->ReadyTime(a.key, now, &in_flight);
+                  if (in_flight && a.was_prefetched_unused) ++result.late_prefetches;
+                }
+                layer_ready = std::max(layer_ready, ready);
+              }
+              return absl::OkStatus();
+            }));
+      }
       for (const ScheduledToken& tok : tokens) {
         const auto experts = trace.Experts(tok.token, l);
+        if (!multi) {
         const uint64_t set_pos = pos;
         pos += static_cast<uint64_t>(K);
         // Pin the experts already resident first, then load the missing ones, so that a load
@@ -235,6 +285,7 @@ absl::StatusOr<ReplayResult> RunReplay(const RoutingTrace& trace, const ReplaySc
                           c.capacity_per_partition());
         }
         for (int32_t j = 0; j < K; ++j) cache->Release(base + experts[j]);
+        }
 
         if (predictor == nullptr) continue;
         predictor->Observe(tok.sequence, l, experts);

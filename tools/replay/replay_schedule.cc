@@ -7,7 +7,7 @@
 namespace moe {
 
 ReplaySchedule::ReplaySchedule(const RoutingTrace& trace, std::span<const int64_t> sequence_order,
-                               int32_t batch_size) {
+                               int32_t batch_size, int32_t prefill_chunk) {
   std::vector<int64_t> order(sequence_order.begin(), sequence_order.end());
   if (order.empty()) {
     order.resize(trace.sequences.size());
@@ -15,6 +15,7 @@ ReplaySchedule::ReplaySchedule(const RoutingTrace& trace, std::span<const int64_
   }
   num_sequences_ = static_cast<int64_t>(order.size());
   batch_size = std::max(batch_size, 1);
+  interleaved_ = batch_size > 1;
 
   // Each slot holds (sequence index, next token offset within it).
   struct Slot {
@@ -39,6 +40,27 @@ ReplaySchedule::ReplaySchedule(const RoutingTrace& trace, std::span<const int64_
   int64_t total = 0;
   for (int64_t q : order) total += trace.sequences[q].num_tokens;
   tokens_.reserve(static_cast<size_t>(total));
+  if (batch_size == 1 && prefill_chunk > 0) {
+    for (int64_t q : order) {
+      const TraceSequence& seq = trace.sequences[q];
+      for (int64_t t = 0; t < seq.num_tokens;) {
+        ReplayStep step;
+        step.first = static_cast<int64_t>(tokens_.size());
+        step.starts_sequence_alone = t == 0;
+        int64_t end = t + 1;
+        if (trace.phases[seq.token_offset + t] == Phase::kPrefill) {
+          while (end < seq.num_tokens && end - t < prefill_chunk &&
+                 trace.phases[seq.token_offset + end] == Phase::kPrefill) {
+            ++end;
+          }
+        }
+        for (; t < end; ++t) tokens_.push_back({seq.token_offset + t, q});
+        step.count = static_cast<int64_t>(tokens_.size()) - step.first;
+        steps_.push_back(step);
+      }
+    }
+    return;
+  }
   while (true) {
     ReplayStep step;
     step.first = static_cast<int64_t>(tokens_.size());

@@ -1,0 +1,108 @@
+#include "runtime/device.h"
+
+#include <cstdlib>
+#include <cstring>
+
+#include "runtime/logging.h"
+#include "runtime/status.h"
+
+namespace moe {
+namespace {
+
+constexpr uint64_t kAlignment = 64;
+
+class CpuDevice final : public Device {
+ public:
+  explicit CpuDevice(uint64_t capacity) : Device(capacity) {}
+  std::string_view name() const override { return "cpu"; }
+  bool reads_host_memory() const override { return true; }
+
+ protected:
+  std::byte* RawAllocate(uint64_t bytes) override {
+    const uint64_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
+    void* p = std::aligned_alloc(kAlignment, rounded == 0 ? kAlignment : rounded);
+    if (p != nullptr) std::memset(p, 0, rounded);
+    return static_cast<std::byte*>(p);
+  }
+  void RawFree(std::byte* ptr) override { std::free(ptr); }
+  void RawCopyToDevice(std::byte* dst, const std::byte* src, uint64_t bytes) override {
+    std::memcpy(dst, src, bytes);
+  }
+};
+
+}  // namespace
+
+DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& other) noexcept {
+  if (this != &other) {
+    Reset();
+    device_ = other.device_;
+    data_ = other.data_;
+    size_ = other.size_;
+    other.device_ = nullptr;
+    other.data_ = nullptr;
+    other.size_ = 0;
+  }
+  return *this;
+}
+
+void DeviceBuffer::Reset() {
+  if (device_ != nullptr) device_->Release(data_, size_);
+  device_ = nullptr;
+  data_ = nullptr;
+  size_ = 0;
+}
+
+absl::StatusOr<DeviceBuffer> Device::Allocate(uint64_t bytes, std::string_view what) {
+  {
+    std::lock_guard lock(mu_);
+    const DeviceCounters& c = counters_;
+    if (c.capacity_bytes != 0 && c.used_bytes + bytes > c.capacity_bytes) {
+      return ResourceExhausted(
+          "{} device: allocating {} for {} exceeds the device capacity ({} of {} bytes in use)",
+          name(), bytes, what, c.used_bytes, c.capacity_bytes);
+    }
+    counters_.used_bytes += bytes;
+    counters_.peak_bytes = std::max(counters_.peak_bytes, counters_.used_bytes);
+  }
+  std::byte* p = RawAllocate(bytes);
+  if (p == nullptr) {
+    std::lock_guard lock(mu_);
+    counters_.used_bytes -= bytes;
+    return ResourceExhausted("{} device: out of memory allocating {} bytes for {}", name(), bytes,
+                             what);
+  }
+  DeviceBuffer buffer;
+  buffer.device_ = this;
+  buffer.data_ = p;
+  buffer.size_ = bytes;
+  return buffer;
+}
+
+void Device::CopyToDevice(std::byte* device_dst, const std::byte* host_src, uint64_t bytes) {
+  RawCopyToDevice(device_dst, host_src, bytes);
+  std::lock_guard lock(mu_);
+  counters_.bytes_to_device += bytes;
+  ++counters_.copies_to_device;
+}
+
+void Device::SetCapacity(uint64_t capacity_bytes) {
+  std::lock_guard lock(mu_);
+  counters_.capacity_bytes = capacity_bytes;
+}
+
+DeviceCounters Device::counters() const {
+  std::lock_guard lock(mu_);
+  return counters_;
+}
+
+void Device::Release(std::byte* ptr, uint64_t bytes) {
+  RawFree(ptr);
+  std::lock_guard lock(mu_);
+  counters_.used_bytes -= bytes;
+}
+
+std::unique_ptr<Device> MakeCpuDevice(uint64_t capacity_bytes) {
+  return std::make_unique<CpuDevice>(capacity_bytes);
+}
+
+}  // namespace moe

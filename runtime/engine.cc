@@ -1,0 +1,507 @@
+#include "runtime/engine.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+
+#include "experts/expert_store.h"
+#include "kernels/cpu/cpu_kernels.h"
+#include "memory/expert_set.h"
+#include "predictor/tracer.h"
+#include "runtime/logging.h"
+#include "runtime/status.h"
+
+namespace moe {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double SecondsSince(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+constexpr uint64_t kAlign = 64;
+uint64_t AlignUp(uint64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+// One token of a step: where it goes and what it is.
+struct StepToken {
+  int32_t sequence;
+  int64_t position;
+  int32_t id;
+  Phase phase;
+};
+
+// Every non-expert weight of the model, in a fixed order, for copying to the device.
+std::vector<WeightView*> NonExpertViews(ModelWeights& w, bool tied) {
+  std::vector<WeightView*> views = {&w.embed, &w.final_norm};
+  if (!tied) views.push_back(&w.lm_head);
+  for (LayerWeights& l : w.layers) {
+    for (WeightView* v : {&l.input_norm, &l.q, &l.k, &l.v, &l.o, &l.q_bias, &l.k_bias, &l.v_bias,
+                          &l.post_attention_norm, &l.router, &l.shared_expert.gate,
+                          &l.shared_expert.up, &l.shared_expert.down, &l.shared_expert_gate}) {
+      if (v->present()) views.push_back(v);
+    }
+  }
+  return views;
+}
+
+}  // namespace
+
+struct Engine::Impl {
+  const Model* model = nullptr;
+  const ModelConfig* cfg = nullptr;
+  std::unique_ptr<Device> device;
+  std::unique_ptr<cpu::ThreadPool> pool;
+  ModelWeights dev;  // non-expert views point into `weights`; expert views stay on the host
+  DeviceBuffer weights;
+  std::unique_ptr<HostExpertStore> store;
+  std::unique_ptr<ExpertCache> cache;
+  DeviceBuffer slots;
+  uint64_t expert_bytes = 0;
+
+  // Activations, [max_step_tokens, ...] each, and the KV cache.
+  int64_t max_step = 0;
+  int64_t q_dim = 0, kv_dim = 0;
+  DeviceBuffer activations;
+  float *x, *xn, *q, *k, *v, *attn, *tmp, *router, *weights_k, *xe, *ye, *ffn_scratch, *shared_out,
+      *shared_gate, *logits, *attn_scratch;
+  int32_t* ids;
+  DeviceBuffer kv;  // [sequence][layer][k|v][max_context][kv_dim]
+  std::vector<int64_t> seq_len;
+  // Trace sequence of each engine sequence: a new one after every reset, so each request is its
+  // own sequence in the trace.
+  std::vector<int64_t> request_of;
+  int64_t next_request = 0;
+
+  // Host-side scratch for grouping tokens per expert (no allocation after the first steps).
+  std::vector<int32_t> expert_count, expert_first, expert_fill;
+  std::vector<int32_t> rows;  // tokens of each expert, grouped: token index
+  std::vector<float> row_weight;
+  std::vector<ExpertKey> keys;
+  std::vector<AcquiredExpert> wave;
+  std::vector<uint32_t> pending;
+
+  std::unique_ptr<RoutingTracer> tracer;
+  EngineStats stats;
+  std::vector<int64_t> step_sequences;
+  std::vector<Phase> step_phases;
+
+  float* KvAt(int32_t seq, int64_t layer, int which, int64_t max_context) {
+    const int64_t per_layer = 2 * max_context * kv_dim;
+    return kv.as<float>() + (int64_t{seq} * cfg->num_layers + layer) * per_layer +
+           which * max_context * kv_dim;
+  }
+
+  absl::Status RunStep(std::span<const StepToken> tokens, bool all_logits, int64_t max_context,
+                       float* logits_out, PhaseStats& phase_stats);
+  absl::Status MoeBlock(int32_t layer, int64_t n);
+};
+
+Engine::Engine(std::shared_ptr<const Model> model, const EngineOptions& options)
+    : model_(std::move(model)), options_(options), impl_(std::make_unique<Impl>()) {}
+Engine::~Engine() = default;
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Model> model,
+                                                       const EngineOptions& options) {
+  if (model == nullptr) return InvalidArgument("engine: no model");
+  const ModelConfig& cfg = model->config;
+  if (options.prefill_chunk < 1) {
+    return InvalidArgument("prefill chunk {} must be >= 1", options.prefill_chunk);
+  }
+  if (options.max_sequences < 1) {
+    return InvalidArgument("max sequences {} must be >= 1", options.max_sequences);
+  }
+  if (options.max_context < 0) {
+    return InvalidArgument("max context {} must be >= 0", options.max_context);
+  }
+  std::unique_ptr<Engine> engine(new Engine(model, options));
+  Impl& m = *engine->impl_;
+  m.model = model.get();
+  m.cfg = &model->config;
+  engine->max_context_ = options.max_context > 0
+                             ? options.max_context
+                             : std::min<int64_t>(cfg.max_position_embeddings, 4096);
+  const int64_t max_context = engine->max_context_;
+
+  // --- expert cache: slots from the budget ---
+  const ExpertSpace space{static_cast<int32_t>(cfg.num_layers),
+                          static_cast<int32_t>(cfg.num_experts)};
+  m.expert_bytes = model->weights.expert_bytes;
+  const uint64_t all_experts = m.expert_bytes * static_cast<uint64_t>(space.size());
+  const uint64_t budget = options.expert_budget_bytes == 0
+                              ? all_experts
+                              : std::min(options.expert_budget_bytes, all_experts);
+  const uint64_t partitions = options.scope == CacheScope::kLayer ? cfg.num_layers : 1;
+  const uint64_t per_partition = budget / m.expert_bytes / partitions;
+  if (per_partition < static_cast<uint64_t>(cfg.top_k)) {
+    return ResourceExhausted(
+        "expert budget {} bytes is smaller than one token's experts: it holds {} experts of {} "
+        "bytes per {} but top-k is {} (need at least {} bytes)",
+        budget, per_partition, m.expert_bytes,
+        options.scope == CacheScope::kLayer ? "layer" : "cache", cfg.top_k,
+        m.expert_bytes * cfg.top_k * partitions);
+  }
+  CacheOptions cache_options;
+  cache_options.space = space;
+  cache_options.expert_bytes = m.expert_bytes;
+  cache_options.budget_bytes = budget;
+  cache_options.scope = options.scope;
+  cache_options.policy = options.policy;
+  MOE_ASSIGN_OR_RETURN(m.cache, ExpertCache::Create(cache_options));
+  const uint64_t arena_bytes = static_cast<uint64_t>(m.cache->capacity_total()) * m.expert_bytes;
+
+  // --- sizes of everything else on the device ---
+  m.dev = model->weights;
+  const std::vector<WeightView*> views = NonExpertViews(m.dev, cfg.tie_word_embeddings);
+  // The CPU device reads the mapped checkpoint in place: one copy of the weights in host memory.
+  m.device = MakeCpuDevice(0);
+  const bool copy_weights = !m.device->reads_host_memory();
+  uint64_t weight_bytes = 0;
+  if (copy_weights) {
+    for (const WeightView* v : views) weight_bytes += AlignUp(v->num_bytes());
+  }
+
+  m.max_step = std::max<int64_t>(options.prefill_chunk, options.max_sequences);
+  m.q_dim = cfg.num_heads * cfg.head_dim;
+  m.kv_dim = cfg.num_kv_heads * cfg.head_dim;
+  const int64_t T = m.max_step, H = cfg.hidden_size;
+  const int64_t ffn = std::max(cfg.intermediate_size, cfg.shared_expert_intermediate_size);
+  m.pool = std::make_unique<cpu::ThreadPool>(options.num_threads);
+  const int64_t threads = m.pool->num_threads();
+  // Offsets (in floats, each aligned) of the activation buffers inside one allocation.
+  const int64_t sizes[] = {T * H,          T * H,           T * m.q_dim,          T * m.kv_dim,
+                           T * m.kv_dim,   T * m.q_dim,     T * H,                T * cfg.num_experts,
+                           T * cfg.top_k,  T * H,           T * H,                2 * T * ffn,
+                           T * H,          T,               T * cfg.vocab_size,   threads * max_context,
+                           T * cfg.top_k};
+  uint64_t activation_bytes = 0;
+  for (int64_t s : sizes) activation_bytes += AlignUp(static_cast<uint64_t>(s) * 4);
+  const uint64_t kv_bytes = static_cast<uint64_t>(options.max_sequences) * cfg.num_layers * 2 *
+                            max_context * m.kv_dim * sizeof(float);
+
+  // The device holds exactly these; a larger peak would be an allocation error, not a surprise.
+  m.device->SetCapacity(weight_bytes + arena_bytes + activation_bytes + kv_bytes);
+  MOE_ASSIGN_OR_RETURN(m.weights, m.device->Allocate(weight_bytes, "non-expert weights"));
+  MOE_ASSIGN_OR_RETURN(m.slots, m.device->Allocate(arena_bytes, "expert slots"));
+  MOE_ASSIGN_OR_RETURN(m.activations, m.device->Allocate(activation_bytes, "activations"));
+  MOE_ASSIGN_OR_RETURN(m.kv, m.device->Allocate(kv_bytes, "kv cache"));
+
+  if (copy_weights) {
+    std::byte* dst = m.weights.data();
+    for (WeightView* v : views) {
+      m.device->CopyToDevice(dst, v->data, v->num_bytes());
+      v->data = dst;
+      dst += AlignUp(v->num_bytes());
+    }
+    if (cfg.tie_word_embeddings) m.dev.lm_head = m.dev.embed;
+  }
+  m.stats.non_expert_bytes = weight_bytes;
+
+  std::byte* a = m.activations.data();
+  float* bufs[17];
+  for (int i = 0; i < 17; ++i) {
+    bufs[i] = reinterpret_cast<float*>(a);
+    a += AlignUp(static_cast<uint64_t>(sizes[i]) * 4);
+  }
+  m.x = bufs[0], m.xn = bufs[1], m.q = bufs[2], m.k = bufs[3], m.v = bufs[4], m.attn = bufs[5];
+  m.tmp = bufs[6], m.router = bufs[7], m.weights_k = bufs[8], m.xe = bufs[9], m.ye = bufs[10];
+  m.ffn_scratch = bufs[11], m.shared_out = bufs[12], m.shared_gate = bufs[13];
+  m.logits = bufs[14], m.attn_scratch = bufs[15];
+  m.ids = reinterpret_cast<int32_t*>(bufs[16]);
+
+  m.store = std::make_unique<HostExpertStore>(model->weights, space);
+  m.seq_len.assign(static_cast<size_t>(options.max_sequences), 0);
+  for (int32_t i = 0; i < options.max_sequences; ++i) m.request_of.push_back(m.next_request++);
+  m.stats.setup_bytes_to_device = m.device->counters().bytes_to_device;
+  m.expert_count.assign(static_cast<size_t>(cfg.num_experts), 0);
+  m.expert_first.assign(static_cast<size_t>(cfg.num_experts), 0);
+  m.expert_fill.assign(static_cast<size_t>(cfg.num_experts), 0);
+  m.stats.expert_arena_bytes = arena_bytes;
+  m.stats.activation_bytes = activation_bytes + kv_bytes;
+  m.stats.expert_slots = m.cache->capacity_total();
+  MOE_LOG(kInfo,
+          "engine: {} device, {} expert slots ({:.1f} MB of {:.1f} MB experts, policy {}, {} "
+          "scope), {:.1f} MB weights, {:.1f} MB activations + kv, {} threads",
+          m.device->name(), m.cache->capacity_total(), arena_bytes / 1e6, all_experts / 1e6,
+          options.policy, CacheScopeName(options.scope), weight_bytes / 1e6,
+          (activation_bytes + kv_bytes) / 1e6, threads);
+  return engine;
+}
+
+absl::Status Engine::Impl::MoeBlock(int32_t layer, int64_t n) {
+  const ModelConfig& c = *cfg;
+  const LayerWeights& lw = dev.layers[layer];
+  const int64_t H = c.hidden_size, E = c.num_experts, K = c.top_k;
+  cpu::Linear(xn, n, lw.router, router, pool.get());
+  cpu::TopKSoftmax(router, n, E, K, c.norm_topk_prob, ids, weights_k);
+  if (tracer != nullptr) {
+    tracer->RecordLayer(layer, {ids, static_cast<size_t>(n * K)},
+                        {weights_k, static_cast<size_t>(n * K)});
+  }
+
+  // Group the (token, rank) pairs per expert; keys in order of first use.
+  std::fill(expert_count.begin(), expert_count.end(), 0);
+  keys.clear();
+  const ExpertSpace space = store->space();
+  for (int64_t i = 0; i < n * K; ++i) {
+    if (expert_count[ids[i]]++ == 0) keys.push_back(space.Key(layer, ids[i]));
+  }
+  int32_t offset = 0;
+  for (int64_t e = 0; e < E; ++e) {
+    expert_first[e] = expert_fill[e] = offset;
+    offset += expert_count[e];
+  }
+  rows.resize(static_cast<size_t>(n * K));
+  row_weight.resize(static_cast<size_t>(n * K));
+  for (int64_t i = 0; i < n * K; ++i) {
+    const int32_t at = expert_fill[ids[i]]++;
+    rows[at] = static_cast<int32_t>(i / K);
+    row_weight[at] = weights_k[i];
+  }
+
+  MOE_RETURN_IF_ERROR(AcquireInWaves(
+      *cache, keys, {}, wave, pending, [&](std::span<const AcquiredExpert> acquired) {
+        for (const AcquiredExpert& a : acquired) {
+          if (!a.loaded) continue;
+          const auto start = Clock::now();
+          store->CopyToSlot(a.key, *device, slots.data() + uint64_t(a.slot) * expert_bytes);
+          const double s = SecondsSince(start);
+          (n > 1 ? stats.prefill : stats.decode).load_seconds += s;
+        }
+        for (const AcquiredExpert& a : acquired) {
+          const int32_t e = space.Id(a.key).expert;
+          const int32_t first = expert_first[e], count = expert_count[e];
+          for (int32_t r = 0; r < count; ++r) {
+            std::memcpy(xe + int64_t{r} * H, xn + int64_t{rows[first + r]} * H, H * sizeof(float));
+          }
+          const FfnWeights w =
+              store->SlotWeights(a.key, slots.data() + uint64_t(a.slot) * expert_bytes);
+          cpu::ExpertFfn(xe, count, w.gate, w.up, w.down, ye, ffn_scratch, pool.get());
+          for (int32_t r = 0; r < count; ++r) {
+            cpu::ScaledAdd(ye + int64_t{r} * H, &row_weight[first + r], 1, H,
+                           x + int64_t{rows[first + r]} * H);
+          }
+        }
+        return absl::OkStatus();
+      }));
+
+  if (lw.shared_expert.gate.present()) {
+    cpu::ExpertFfn(xn, n, lw.shared_expert.gate, lw.shared_expert.up, lw.shared_expert.down,
+                   shared_out, ffn_scratch, pool.get());
+    cpu::Linear(xn, n, lw.shared_expert_gate, shared_gate, pool.get());
+    for (int64_t t = 0; t < n; ++t) shared_gate[t] = 1.0f / (1.0f + std::exp(-shared_gate[t]));
+    cpu::ScaledAdd(shared_out, shared_gate, n, H, x);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Engine::Impl::RunStep(std::span<const StepToken> tokens, bool all_logits,
+                                   int64_t max_context, float* logits_out,
+                                   PhaseStats& phase_stats) {
+  const auto start = Clock::now();
+  const ModelConfig& c = *cfg;
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  const int64_t H = c.hidden_size, D = c.head_dim;
+  if (tracer != nullptr) {
+    step_sequences.clear();
+    step_phases.clear();
+    for (const StepToken& t : tokens) {
+      step_sequences.push_back(request_of[t.sequence]);
+      step_phases.push_back(t.phase);
+    }
+    tracer->BeginStep(step_sequences, step_phases);
+  }
+  std::vector<int32_t> token_ids(static_cast<size_t>(n));
+  std::vector<int64_t> positions(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    token_ids[i] = tokens[i].id;
+    positions[i] = tokens[i].position;
+  }
+  cpu::EmbeddingGather(dev.embed, token_ids.data(), n, x);
+
+  for (int32_t l = 0; l < c.num_layers; ++l) {
+    const LayerWeights& lw = dev.layers[l];
+    cpu::RmsNorm(x, n, H, lw.input_norm, static_cast<float>(c.rms_norm_eps), xn);
+    cpu::Linear(xn, n, lw.q, q, pool.get());
+    cpu::Linear(xn, n, lw.k, k, pool.get());
+    cpu::Linear(xn, n, lw.v, v, pool.get());
+    if (lw.q_bias.present()) {
+      cpu::AddBias(q, n, lw.q_bias);
+      cpu::AddBias(k, n, lw.k_bias);
+      cpu::AddBias(v, n, lw.v_bias);
+    }
+    cpu::ApplyRope(q, n, c.num_heads, D, positions.data(), c.rope_theta);
+    cpu::ApplyRope(k, n, c.num_kv_heads, D, positions.data(), c.rope_theta);
+    for (int64_t i = 0; i < n; ++i) {
+      const StepToken& t = tokens[i];
+      std::memcpy(KvAt(t.sequence, l, 0, max_context) + t.position * kv_dim, k + i * kv_dim,
+                  kv_dim * sizeof(float));
+      std::memcpy(KvAt(t.sequence, l, 1, max_context) + t.position * kv_dim, v + i * kv_dim,
+                  kv_dim * sizeof(float));
+    }
+    // Attention per run of consecutive tokens of one sequence (a prompt chunk, or one token).
+    for (int64_t i = 0; i < n;) {
+      int64_t j = i + 1;
+      while (j < n && tokens[j].sequence == tokens[i].sequence &&
+             tokens[j].position == tokens[j - 1].position + 1) {
+        ++j;
+      }
+      cpu::Attention(q + i * q_dim, j - i, tokens[i].position,
+                     KvAt(tokens[i].sequence, l, 0, max_context),
+                     KvAt(tokens[i].sequence, l, 1, max_context), c.num_heads, c.num_kv_heads, D,
+                     c.sliding_window, attn + i * q_dim, attn_scratch, pool.get());
+      i = j;
+    }
+    cpu::Linear(attn, n, lw.o, tmp, pool.get());
+    for (int64_t i = 0; i < n * H; ++i) x[i] += tmp[i];
+    cpu::RmsNorm(x, n, H, lw.post_attention_norm, static_cast<float>(c.rms_norm_eps), xn);
+    MOE_RETURN_IF_ERROR(MoeBlock(l, n));
+  }
+  if (tracer != nullptr) tracer->EndStep();
+
+  // Final norm and LM head: every token, or only the last one.
+  const int64_t first = all_logits ? 0 : n - 1;
+  const int64_t rows_out = n - first;
+  cpu::RmsNorm(x + first * H, rows_out, H, dev.final_norm, static_cast<float>(c.rms_norm_eps),
+               xn);
+  cpu::Linear(xn, rows_out, dev.lm_head, logits, pool.get());
+  std::memcpy(logits_out, logits, static_cast<size_t>(rows_out * c.vocab_size) * sizeof(float));
+
+  phase_stats.tokens += static_cast<uint64_t>(n);
+  phase_stats.steps += 1;
+  phase_stats.seconds += SecondsSince(start);
+  return absl::OkStatus();
+}
+
+absl::Status Engine::Evaluate(std::span<const SequenceTokens> batch, bool all_logits,
+                              std::span<float> logits_out) {
+  Impl& m = *impl_;
+  const ModelConfig& c = model_->config;
+  if (batch.empty()) return InvalidArgument("evaluate: empty batch");
+  std::vector<bool> seen(static_cast<size_t>(options_.max_sequences), false);
+  size_t rows = 0;
+  for (const SequenceTokens& entry : batch) {
+    if (entry.sequence < 0 || entry.sequence >= options_.max_sequences) {
+      return OutOfRange("sequence id {} outside [0, {})", entry.sequence, options_.max_sequences);
+    }
+    if (seen[entry.sequence]) {
+      return InvalidArgument("sequence id {} appears twice in one batch", entry.sequence);
+    }
+    seen[entry.sequence] = true;
+    if (entry.tokens.empty()) return InvalidArgument("sequence {}: no tokens", entry.sequence);
+    for (int32_t id : entry.tokens) {
+      if (id < 0 || id >= c.vocab_size) {
+        return InvalidArgument("sequence {}: token id {} outside the vocabulary [0, {})",
+                               entry.sequence, id, c.vocab_size);
+      }
+    }
+    const int64_t len = m.seq_len[entry.sequence];
+    if (len + static_cast<int64_t>(entry.tokens.size()) > max_context_) {
+      return OutOfRange("sequence {}: {} + {} tokens exceed the context of {}", entry.sequence, len,
+                        entry.tokens.size(), max_context_);
+    }
+    rows += all_logits ? entry.tokens.size() : 1;
+  }
+  if (logits_out.size() != rows * static_cast<size_t>(c.vocab_size)) {
+    return InvalidArgument("logits buffer holds {} floats, expected {} ({} rows x vocab {})",
+                           logits_out.size(), rows * c.vocab_size, rows, c.vocab_size);
+  }
+
+  // Where each entry's logits go.
+  std::vector<size_t> out_row(batch.size());
+  for (size_t i = 0, r = 0; i < batch.size(); ++i) {
+    out_row[i] = r;
+    r += all_logits ? batch[i].tokens.size() : 1;
+  }
+  const size_t V = static_cast<size_t>(c.vocab_size);
+  std::vector<StepToken> step;
+  // Prompts: prefill steps of up to prefill_chunk tokens.
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const SequenceTokens& entry = batch[i];
+    if (entry.tokens.size() < 2) continue;
+    const int64_t total = static_cast<int64_t>(entry.tokens.size());
+    for (int64_t begin = 0; begin < total; begin += options_.prefill_chunk) {
+      const int64_t end = std::min(total, begin + options_.prefill_chunk);
+      step.clear();
+      for (int64_t t = begin; t < end; ++t) {
+        step.push_back(StepToken{entry.sequence, m.seq_len[entry.sequence] + t,
+                                 entry.tokens[t], Phase::kPrefill});
+      }
+      const bool last_chunk = end == total;
+      float* out = logits_out.data() + (out_row[i] + (all_logits ? begin : 0)) * V;
+      if (all_logits || last_chunk) {
+        MOE_RETURN_IF_ERROR(m.RunStep(step, all_logits, max_context_, out, m.stats.prefill));
+      } else {
+        // Intermediate chunks only fill the KV cache; their last-token logits are discarded.
+        std::vector<float> discard(V);
+        MOE_RETURN_IF_ERROR(
+            m.RunStep(step, false, max_context_, discard.data(), m.stats.prefill));
+      }
+    }
+    m.seq_len[entry.sequence] += total;
+  }
+  // Single tokens: one decode step over every such sequence.
+  step.clear();
+  std::vector<size_t> single;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    if (batch[i].tokens.size() != 1) continue;
+    const int64_t pos = m.seq_len[batch[i].sequence];
+    step.push_back(StepToken{batch[i].sequence, pos, batch[i].tokens[0],
+                             pos == 0 ? Phase::kPrefill : Phase::kDecode});
+    single.push_back(i);
+  }
+  if (!step.empty()) {
+    std::vector<float> out(step.size() * V);
+    MOE_RETURN_IF_ERROR(m.RunStep(step, true, max_context_, out.data(), m.stats.decode));
+    for (size_t s = 0; s < single.size(); ++s) {
+      std::memcpy(logits_out.data() + out_row[single[s]] * V, out.data() + s * V,
+                  V * sizeof(float));
+      m.seq_len[batch[single[s]].sequence] += 1;
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Engine::ResetSequence(int32_t sequence) {
+  if (sequence < 0 || sequence >= options_.max_sequences) {
+    return OutOfRange("sequence id {} outside [0, {})", sequence, options_.max_sequences);
+  }
+  if (impl_->seq_len[sequence] > 0) impl_->request_of[sequence] = impl_->next_request++;
+  impl_->seq_len[sequence] = 0;
+  return absl::OkStatus();
+}
+
+int64_t Engine::SequenceLength(int32_t sequence) const {
+  if (sequence < 0 || sequence >= options_.max_sequences) return -1;
+  return impl_->seq_len[sequence];
+}
+
+void Engine::StartTrace() {
+  const ModelConfig& c = model_->config;
+  TraceHeader header;
+  header.model = model_->dir;
+  header.num_layers = static_cast<int32_t>(c.num_layers);
+  header.num_experts = static_cast<int32_t>(c.num_experts);
+  header.top_k = static_cast<int32_t>(c.top_k);
+  header.expert_bytes = impl_->expert_bytes;
+  impl_->tracer = std::make_unique<RoutingTracer>(header);
+}
+
+absl::StatusOr<RoutingTrace> Engine::StopTrace() {
+  if (impl_->tracer == nullptr) return FailedPrecondition("no trace is being recorded");
+  std::unique_ptr<RoutingTracer> tracer = std::move(impl_->tracer);
+  if (tracer->num_tokens() == 0) return FailedPrecondition("the trace recorded no tokens");
+  return tracer->Build();
+}
+
+bool Engine::tracing() const { return impl_->tracer != nullptr; }
+
+EngineStats Engine::stats() const {
+  EngineStats s = impl_->stats;
+  s.cache = impl_->cache->stats();
+  s.device = impl_->device->counters();
+  return s;
+}
+
+}  // namespace moe

@@ -1,0 +1,112 @@
+// The engine: runs a Model's forward pass on a Device with the expert cache in the loop.
+//
+// What lives where (CPU backend: the "device" is a separate, budgeted host arena):
+//   - device: the non-expert weights (copied once at Create), the expert slot arena
+//     (capacity slots x expert_bytes, sized from the expert budget), activations and the KV
+//     cache. The device's capacity is exactly their sum, so peak use can never exceed it.
+//   - host: the routed experts, in the memory-mapped checkpoint (HostExpertStore).
+// Every routed expert's weights reach compute only through the ExpertCache: pinned while in use,
+// copied from the host store into its slot on a miss, evicted by the configured policy.
+//
+// Evaluate runs a batch as steps. A multi-token entry (a prompt) is split into prefill steps of
+// at most prefill_chunk tokens; all one-token entries (decode, one token per sequence) form one
+// step together. At each MoE layer of a step the tokens are grouped per expert, the experts are
+// acquired with AcquireInWaves (resident ones first, then the misses) and each expert's weights
+// are read once for all its tokens. Statistics count one cache access per distinct expert per
+// layer-step: the same rule `moe-replay --prefill-chunk N` replays.
+//
+// Thread-safety: an Engine is used by one thread at a time (the C API's context rule). Kernels
+// use an internal thread pool.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "memory/expert_cache.h"
+#include "predictor/routing_trace.h"
+#include "runtime/device.h"
+#include "runtime/model.h"
+
+namespace moe {
+
+struct EngineOptions {
+  uint64_t expert_budget_bytes = 0;  // device bytes for expert slots; 0: every expert
+  std::string policy = "lru";
+  CacheScope scope = CacheScope::kGlobal;
+  int32_t max_sequences = 1;   // KV cache slots (sequence ids 0 .. max_sequences-1)
+  int64_t max_context = 0;     // tokens per sequence; 0: min(max_position_embeddings, 4096)
+  int64_t prefill_chunk = 256; // tokens per prefill step
+  int32_t num_threads = 0;     // 0: all cores
+};
+
+struct PhaseStats {
+  uint64_t tokens = 0;
+  uint64_t steps = 0;
+  double seconds = 0;
+  double load_seconds = 0;  // of which copying experts into the device
+};
+
+struct EngineStats {
+  CacheStats cache;
+  PhaseStats prefill;
+  PhaseStats decode;
+  DeviceCounters device;
+  uint64_t expert_arena_bytes = 0;  // slots x expert_bytes
+  uint64_t non_expert_bytes = 0;    // device bytes holding the non-expert weights
+  uint64_t setup_bytes_to_device = 0;  // copied at Create (the weights), before any token
+  uint64_t activation_bytes = 0;    // activations + KV cache
+  int64_t expert_slots = 0;
+};
+
+struct SequenceTokens {
+  int32_t sequence = 0;
+  std::span<const int32_t> tokens;
+};
+
+class Engine {
+ public:
+  // InvalidArgument for bad options (unknown policy, zero chunk); ResourceExhausted when the
+  // expert budget holds fewer than top_k experts per cache partition ("budget smaller than one
+  // token's experts"), naming the budget and the expert size.
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(std::shared_ptr<const Model> model,
+                                                        const EngineOptions& options);
+  ~Engine();
+
+  const Model& model() const { return *model_; }
+  const EngineOptions& options() const { return options_; }
+  int64_t max_context() const { return max_context_; }
+
+  // Appends the tokens to their sequences (distinct sequence ids per call) and runs them.
+  // logits_out receives, per entry in order, the logits of its last token ([entries, vocab]), or
+  // with all_logits of every token ([sum of tokens, vocab]). logits_out.size() must match.
+  // Errors (nothing is appended): sequence id out of range or repeated, token id outside the
+  // vocabulary, context overflow, wrong logits size.
+  absl::Status Evaluate(std::span<const SequenceTokens> batch, bool all_logits,
+                        std::span<float> logits_out);
+
+  // Forgets a sequence's tokens (its KV cache). OutOfRange for a bad id.
+  absl::Status ResetSequence(int32_t sequence);
+  int64_t SequenceLength(int32_t sequence) const;
+
+  // Starts recording routing into a fresh trace (replacing any recording in progress).
+  void StartTrace();
+  // The trace recorded since StartTrace; FailedPrecondition when not recording or empty.
+  absl::StatusOr<RoutingTrace> StopTrace();
+  bool tracing() const;
+
+  EngineStats stats() const;
+
+ private:
+  struct Impl;
+  Engine(std::shared_ptr<const Model> model, const EngineOptions& options);
+  std::shared_ptr<const Model> model_;
+  EngineOptions options_;
+  int64_t max_context_ = 0;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace moe

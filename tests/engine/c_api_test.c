@@ -1,0 +1,163 @@
+/* The C API from a program compiled as C99: load, tokenize, evaluate, generate with a small
+ * expert budget, statistics, traces, and misuse (NULL handles, small buffers, bad ids, budgets
+ * below one token's experts, missing files), each giving a status and a message. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "moe/moe.h"
+
+static int failures = 0;
+
+#define CHECK(cond)                                                          \
+  do {                                                                       \
+    if (!(cond)) {                                                           \
+      fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+      ++failures;                                                            \
+    }                                                                        \
+  } while (0)
+
+#define CHECK_STATUS(call, expected)                                                 \
+  do {                                                                               \
+    moe_status s_ = (call);                                                          \
+    if (s_ != (expected)) {                                                          \
+      fprintf(stderr, "%s:%d: %s returned %s (%s), expected %s\n", __FILE__, __LINE__, \
+              #call, moe_status_name(s_), moe_last_error(), moe_status_name(expected)); \
+      ++failures;                                                                    \
+    }                                                                                \
+  } while (0)
+
+static int log_lines = 0;
+static void on_log(int32_t level, const char* message, void* user) {
+  (void)level;
+  (void)message;
+  ++*(int*)user;
+}
+
+static int32_t stop_after_three(int32_t token, void* user) {
+  (void)token;
+  return ++*(int*)user < 3;
+}
+
+int main(void) {
+  const char* dir = MOE_SOURCE_DIR "/tests/data/golden/mixtral-tiny-f32";
+  CHECK(strcmp(moe_version(), MOE_VERSION_STRING) == 0);
+  moe_set_log_callback(on_log, &log_lines, MOE_LOG_INFO);
+
+  /* Misuse before anything exists. */
+  moe_model* model = NULL;
+  CHECK_STATUS(moe_model_load(NULL, &model), MOE_INVALID_ARGUMENT);
+  CHECK(strstr(moe_last_error(), "NULL") != NULL);
+  CHECK_STATUS(moe_model_load("/nonexistent-model-dir", &model), MOE_NOT_FOUND);
+  CHECK(strstr(moe_last_error(), "/nonexistent-model-dir") != NULL);
+  CHECK(model == NULL);
+  moe_model_free(NULL);
+  moe_context_free(NULL);
+
+  CHECK_STATUS(moe_model_load(dir, &model), MOE_OK);
+  if (model == NULL) return 1;
+  CHECK(log_lines > 0);
+  moe_model_info info;
+  CHECK_STATUS(moe_model_get_info(model, &info), MOE_OK);
+  CHECK(info.vocab_size == 1000 && info.num_layers == 4 && info.num_experts == 8);
+  CHECK(info.top_k == 2 && info.has_tokenizer == 1);
+  CHECK(info.all_expert_bytes == info.expert_bytes * 32);
+
+  /* Tokenize: ask for the size first, then fill. */
+  const char* text = "the licence grants you";
+  size_t n = 0;
+  CHECK_STATUS(moe_tokenize(model, text, strlen(text), 1, NULL, 0, &n), MOE_OUT_OF_RANGE);
+  CHECK(n > 1);
+  int32_t ids[64];
+  CHECK_STATUS(moe_tokenize(model, text, strlen(text), 1, ids, 64, &n), MOE_OK);
+  CHECK(ids[0] == info.bos_id);
+  char back[256];
+  size_t len = 0;
+  CHECK_STATUS(moe_detokenize(model, ids + 1, n - 1, back, sizeof back, &len), MOE_OK);
+  CHECK(strcmp(back, text) == 0);
+  CHECK_STATUS(moe_detokenize(model, ids + 1, n - 1, back, 3, &len), MOE_OUT_OF_RANGE);
+  CHECK(len == strlen(text));
+  int32_t bad_id = 5000;
+  CHECK_STATUS(moe_detokenize(model, &bad_id, 1, back, sizeof back, &len), MOE_INVALID_ARGUMENT);
+
+  /* Contexts: budget below one token's experts, bad params, then a 25% budget. */
+  moe_context* ctx = NULL;
+  moe_context_params params = moe_context_default_params();
+  params.expert_budget_bytes = info.expert_bytes; /* one expert, top-k is 2 */
+  CHECK_STATUS(moe_context_create(model, &params, &ctx), MOE_RESOURCE_EXHAUSTED);
+  CHECK(strstr(moe_last_error(), "smaller than one token's experts") != NULL);
+  params = moe_context_default_params();
+  params.policy = "nope";
+  CHECK_STATUS(moe_context_create(model, &params, &ctx), MOE_INVALID_ARGUMENT);
+  params = moe_context_default_params();
+  params.struct_size = 3;
+  CHECK_STATUS(moe_context_create(model, &params, &ctx), MOE_INVALID_ARGUMENT);
+  params = moe_context_default_params();
+  params.device = "tpu";
+  CHECK_STATUS(moe_context_create(model, &params, &ctx), MOE_INVALID_ARGUMENT);
+  params = moe_context_default_params();
+  params.expert_budget_fraction = 0.25;
+  CHECK_STATUS(moe_context_create(NULL, &params, &ctx), MOE_INVALID_ARGUMENT);
+  CHECK_STATUS(moe_context_create(model, &params, &ctx), MOE_OK);
+  if (ctx == NULL) return 1;
+  moe_model_free(model); /* the context keeps it alive */
+  model = NULL;
+
+  float* logits = malloc(sizeof(float) * 1000);
+  CHECK_STATUS(moe_evaluate(ctx, 0, ids, n, logits, 999), MOE_OUT_OF_RANGE);
+  CHECK_STATUS(moe_evaluate(ctx, 1, ids, n, logits, 1000), MOE_OUT_OF_RANGE);
+  CHECK_STATUS(moe_evaluate(ctx, 0, &bad_id, 1, logits, 1000), MOE_INVALID_ARGUMENT);
+  CHECK(strstr(moe_last_error(), "5000") != NULL);
+  CHECK_STATUS(moe_evaluate(NULL, 0, ids, n, logits, 1000), MOE_INVALID_ARGUMENT);
+  int64_t length = -1;
+  CHECK_STATUS(moe_sequence_length(ctx, 0, &length), MOE_OK);
+  CHECK(length == 0);
+
+  CHECK_STATUS(moe_trace_stop(ctx, "/tmp/never.moetrace"), MOE_FAILED_PRECONDITION);
+  CHECK_STATUS(moe_trace_start(ctx), MOE_OK);
+  CHECK_STATUS(moe_evaluate(ctx, 0, ids, n, logits, 1000), MOE_OK);
+  CHECK_STATUS(moe_sequence_length(ctx, 0, &length), MOE_OK);
+  CHECK(length == (int64_t)n);
+
+  moe_generate_params gp = moe_generate_default_params();
+  gp.max_tokens = 8;
+  gp.stop_at_eos = 0;
+  int32_t out[8];
+  size_t produced = 0;
+  CHECK_STATUS(moe_generate(ctx, 0, ids, n, &gp, out, 4, &produced, NULL, NULL),
+               MOE_OUT_OF_RANGE);
+  CHECK_STATUS(moe_sequence_reset(ctx, 0), MOE_OK);
+  CHECK_STATUS(moe_generate(ctx, 0, ids, n, &gp, out, 8, &produced, NULL, NULL), MOE_OK);
+  CHECK(produced == 8);
+  int calls = 0;
+  CHECK_STATUS(moe_sequence_reset(ctx, 0), MOE_OK);
+  CHECK_STATUS(moe_generate(ctx, 0, ids, n, &gp, out, 8, &produced, stop_after_three, &calls),
+               MOE_OK);
+  CHECK(produced == 3 && calls == 3);
+
+  moe_stats stats;
+  CHECK_STATUS(moe_context_get_stats(ctx, &stats), MOE_OK);
+  CHECK(stats.expert_accesses == stats.expert_hits + stats.expert_misses);
+  CHECK(stats.expert_misses > 0 && stats.expert_evictions > 0);
+  CHECK(stats.bytes_to_device == stats.expert_loads * info.expert_bytes);
+  CHECK(stats.expert_slots == 8); /* 25% of 32 experts */
+  CHECK(stats.device_peak_bytes <= stats.device_capacity_bytes);
+  CHECK(stats.prefill_tokens > 0 && stats.decode_tokens > 0);
+
+  const char* trace_path = "c_api_test.moetrace";
+  CHECK_STATUS(moe_trace_stop(ctx, trace_path), MOE_OK);
+  FILE* f = fopen(trace_path, "rb");
+  CHECK(f != NULL);
+  if (f != NULL) fclose(f);
+  remove(trace_path);
+
+  moe_context_free(ctx);
+  free(logits);
+  moe_set_log_callback(NULL, NULL, MOE_LOG_WARNING);
+  if (failures != 0) {
+    fprintf(stderr, "%d checks failed\n", failures);
+    return 1;
+  }
+  printf("c_api_test: all checks passed\n");
+  return 0;
+}

@@ -1,0 +1,262 @@
+// Engine behaviour beyond the golden logits: bad input, batching and chunking that must not
+// change results, cache accounting, device arena bounds, and the promise that moe-replay on the
+// engine's own trace reports the hit rate the engine counted.
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "runtime/engine.h"
+#include "runtime/generate.h"
+#include "runtime/model.h"
+#include "tools/replay/replay.h"
+#include "tools/replay/replay_schedule.h"
+
+namespace moe {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::shared_ptr<const Model> TinyModel() {
+  static std::shared_ptr<const Model> model = [] {
+    auto m = Model::Load(std::string(MOE_SOURCE_DIR) + "/tests/data/golden/mixtral-tiny-f32");
+    EXPECT_TRUE(m.ok()) << m.status();
+    return m.ok() ? *m : nullptr;
+  }();
+  return model;
+}
+
+std::unique_ptr<Engine> MakeEngine(const EngineOptions& options) {
+  auto engine = Engine::Create(TinyModel(), options);
+  EXPECT_TRUE(engine.ok()) << engine.status();
+  return engine.ok() ? *std::move(engine) : nullptr;
+}
+
+std::vector<int32_t> Prompt(int n, int seed) {
+  std::vector<int32_t> ids;
+  for (int i = 0; i < n; ++i) ids.push_back(3 + (i * 37 + seed * 101) % 990);
+  return ids;
+}
+
+double MaxAbsDiff(std::span<const float> a, std::span<const float> b) {
+  double d = 0;
+  for (size_t i = 0; i < a.size(); ++i) d = std::max(d, std::abs(double(a[i]) - double(b[i])));
+  return d;
+}
+
+TEST(Engine, BudgetSmallerThanOneTokensExpertsIsAClearError) {
+  ASSERT_NE(TinyModel(), nullptr);
+  EngineOptions options;
+  options.expert_budget_bytes = TinyModel()->weights.expert_bytes;  // 1 expert, top-k is 2
+  auto engine = Engine::Create(TinyModel(), options);
+  ASSERT_FALSE(engine.ok());
+  EXPECT_EQ(engine.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(engine.status().message()),
+              HasSubstr("smaller than one token's experts"));
+  options.expert_budget_bytes = 0;
+  options.policy = "no-such-policy";
+  EXPECT_FALSE(Engine::Create(TinyModel(), options).ok());
+}
+
+TEST(Engine, BadInputIsRejectedAndNothingIsAppended) {
+  EngineOptions options;
+  options.max_sequences = 2;
+  options.max_context = 8;
+  auto engine = MakeEngine(options);
+  ASSERT_NE(engine, nullptr);
+  std::vector<float> logits(1000);
+  const std::vector<int32_t> good = {5, 6, 7};
+  const std::vector<int32_t> bad_id = {5, 1000};
+  const std::vector<int32_t> negative = {-1};
+  const std::vector<int32_t> too_long = Prompt(9, 1);
+  struct Case {
+    std::vector<SequenceTokens> batch;
+    size_t logits_size;
+    std::string message;
+  };
+  const std::vector<Case> cases = {
+      {{{0, bad_id}}, 1000, "token id 1000 outside the vocabulary"},
+      {{{0, negative}}, 1000, "token id -1"},
+      {{{2, good}}, 1000, "sequence id 2 outside [0, 2)"},
+      {{{-1, good}}, 1000, "sequence id -1"},
+      {{{0, good}, {0, good}}, 2000, "appears twice"},
+      {{{0, good}}, 999, "logits buffer holds 999 floats"},
+      {{{0, too_long}}, 1000, "exceed the context of 8"},
+      {{}, 0, "empty batch"},
+  };
+  for (const Case& c : cases) {
+    std::vector<float> out(c.logits_size);
+    const absl::Status s = engine->Evaluate(c.batch, false, out);
+    EXPECT_FALSE(s.ok()) << c.message;
+    EXPECT_THAT(std::string(s.message()), HasSubstr(c.message));
+    EXPECT_EQ(engine->SequenceLength(0), 0);
+  }
+  EXPECT_FALSE(engine->ResetSequence(5).ok());
+  EXPECT_FALSE(engine->StopTrace().ok());  // not recording
+}
+
+TEST(Engine, ChunkedPrefillAndBatchedDecodeGiveTheSameLogits) {
+  EngineOptions one;
+  one.prefill_chunk = 256;
+  EngineOptions chunked;
+  chunked.prefill_chunk = 3;
+  chunked.max_sequences = 3;
+  chunked.expert_budget_bytes = TinyModel()->weights.expert_bytes * 5;  // heavy eviction
+  auto a = MakeEngine(one);
+  auto b = MakeEngine(chunked);
+  ASSERT_TRUE(a && b);
+  const size_t V = 1000;
+  // Reference: each sequence alone, prompt in one step, then 4 decode steps.
+  std::vector<std::vector<float>> ref;
+  for (int s = 0; s < 3; ++s) {
+    ASSERT_TRUE(a->ResetSequence(0).ok());
+    const auto prompt = Prompt(5 + 3 * s, s);
+    std::vector<float> logits(V);
+    const SequenceTokens e{0, prompt};
+    ASSERT_TRUE(a->Evaluate({&e, 1}, false, logits).ok());
+    ref.push_back(logits);
+    for (int step = 0; step < 4; ++step) {
+      const int32_t tok = 10 + 7 * step + s;
+      const SequenceTokens d{0, {&tok, 1}};
+      ASSERT_TRUE(a->Evaluate({&d, 1}, false, logits).ok());
+      ref.push_back(logits);
+    }
+  }
+  // Same tokens: three prompts in one call (chunked), then decode steps over all three at once.
+  std::vector<std::vector<int32_t>> prompts;
+  std::vector<SequenceTokens> batch;
+  for (int s = 0; s < 3; ++s) prompts.push_back(Prompt(5 + 3 * s, s));
+  for (int s = 0; s < 3; ++s) batch.push_back({s, prompts[s]});
+  std::vector<float> logits(3 * V);
+  ASSERT_TRUE(b->Evaluate(batch, false, logits).ok());
+  for (int s = 0; s < 3; ++s) {
+    EXPECT_LT(MaxAbsDiff({logits.data() + s * V, V}, ref[s * 5]), 1e-4) << "prompt " << s;
+  }
+  for (int step = 0; step < 4; ++step) {
+    std::vector<int32_t> toks(3);
+    batch.clear();
+    for (int s = 0; s < 3; ++s) {
+      toks[s] = 10 + 7 * step + s;
+      batch.push_back({s, {&toks[s], 1}});
+    }
+    ASSERT_TRUE(b->Evaluate(batch, false, logits).ok());
+    for (int s = 0; s < 3; ++s) {
+      EXPECT_LT(MaxAbsDiff({logits.data() + s * V, V}, ref[s * 5 + 1 + step]), 1e-4)
+          << "sequence " << s << " step " << step;
+    }
+  }
+  EXPECT_EQ(b->SequenceLength(2), 11 + 4);
+}
+
+TEST(Engine, CountsEveryAccessAndStaysInsideItsDeviceArena) {
+  EngineOptions options;
+  options.expert_budget_bytes = TinyModel()->weights.expert_bytes * 6;
+  auto engine = MakeEngine(options);
+  ASSERT_NE(engine, nullptr);
+  std::vector<int32_t> out;
+  GenerateOptions g;
+  g.max_tokens = 10;
+  auto result = Generate(*engine, 0, Prompt(12, 3), g);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->tokens.size(), 10u);
+  const EngineStats s = engine->stats();
+  EXPECT_EQ(s.cache.hits + s.cache.misses, s.cache.accesses);
+  EXPECT_GT(s.cache.misses, 0u);
+  EXPECT_GT(s.cache.evictions, 0u);
+  EXPECT_EQ(s.cache.bytes_loaded, s.cache.loads() * TinyModel()->weights.expert_bytes);
+  EXPECT_EQ(s.expert_slots, 6);
+  // Weights + slots + activations + KV is the whole arena; the peak never passes it.
+  EXPECT_EQ(s.device.capacity_bytes,
+            s.non_expert_bytes + s.expert_arena_bytes + s.activation_bytes);
+  EXPECT_LE(s.device.peak_bytes, s.device.capacity_bytes);
+  // Copies into the device: the weights once, then every expert load.
+  EXPECT_EQ(s.device.bytes_to_device, s.cache.bytes_loaded + s.setup_bytes_to_device);
+  EXPECT_EQ(s.prefill.tokens, 12u);
+  EXPECT_EQ(s.decode.tokens, 9u);  // the 10th token is sampled, never evaluated
+}
+
+TEST(Engine, ReplayOfTheEnginesTraceReportsTheSameHitRate) {
+  const ModelConfig& c = TinyModel()->config;
+  const uint64_t expert_bytes = TinyModel()->weights.expert_bytes;
+  for (const char* policy : {"lru", "lfu", "arc", "lrfu"}) {
+    for (CacheScope scope : {CacheScope::kGlobal, CacheScope::kLayer}) {
+      SCOPED_TRACE(fmt::format("{} {}", policy, CacheScopeName(scope)));
+      EngineOptions options;
+      options.policy = policy;
+      options.scope = scope;
+      options.prefill_chunk = 5;
+      options.expert_budget_bytes = expert_bytes * (scope == CacheScope::kLayer ? 3 * 4 : 9);
+      auto engine = MakeEngine(options);
+      ASSERT_NE(engine, nullptr);
+      engine->StartTrace();
+      for (int s = 0; s < 3; ++s) {  // three requests, one after another, cache kept warm
+        ASSERT_TRUE(engine->ResetSequence(0).ok());
+        GenerateOptions g;
+        g.max_tokens = 8;
+        ASSERT_TRUE(Generate(*engine, 0, Prompt(7 + 4 * s, s), g).ok());
+      }
+      auto trace = engine->StopTrace();
+      ASSERT_TRUE(trace.ok()) << trace.status();
+      // Each request (a reset of sequence 0) is its own sequence in the trace.
+      ASSERT_EQ(trace->sequences.size(), 3u);
+      const EngineStats live = engine->stats();
+
+      ReplayOptions ro;
+      ro.policy = policy;
+      ro.scope = scope;
+      ro.budget_bytes = live.expert_arena_bytes;
+      const ReplaySchedule schedule(*trace, {}, 1, 5);
+      auto replayed = RunReplay(*trace, schedule, ro, nullptr);
+      ASSERT_TRUE(replayed.ok()) << replayed.status();
+      EXPECT_EQ(replayed->stats.accesses, live.cache.accesses);
+      EXPECT_EQ(replayed->stats.hits, live.cache.hits);
+      EXPECT_EQ(replayed->stats.evictions, live.cache.evictions);
+      EXPECT_EQ(replayed->capacity_total, live.expert_slots);
+      (void)c;
+    }
+  }
+}
+
+TEST(Generate, GreedyFollowsTheArgmaxAndSamplingIsReproducible) {
+  auto engine = MakeEngine({});
+  ASSERT_NE(engine, nullptr);
+  GenerateOptions g;
+  g.max_tokens = 6;
+  auto greedy = Generate(*engine, 0, Prompt(6, 9), g);
+  ASSERT_TRUE(greedy.ok());
+  // Re-derive the greedy chain step by step.
+  ASSERT_TRUE(engine->ResetSequence(0).ok());
+  std::vector<float> logits(1000);
+  std::vector<int32_t> prompt = Prompt(6, 9);
+  SequenceTokens e{0, prompt};
+  ASSERT_TRUE(engine->Evaluate({&e, 1}, false, logits).ok());
+  for (int32_t expected : greedy->tokens) {
+    const int32_t tok = Argmax(logits);
+    EXPECT_EQ(tok, expected);
+    e = {0, {&tok, 1}};
+    ASSERT_TRUE(engine->Evaluate({&e, 1}, false, logits).ok());
+  }
+  g.sampling = {0.8f, 50, 0.9f, 42};
+  ASSERT_TRUE(engine->ResetSequence(0).ok());
+  auto s1 = Generate(*engine, 0, Prompt(6, 9), g);
+  ASSERT_TRUE(engine->ResetSequence(0).ok());
+  auto s2 = Generate(*engine, 0, Prompt(6, 9), g);
+  ASSERT_TRUE(s1.ok() && s2.ok());
+  EXPECT_EQ(s1->tokens, s2->tokens);
+  // A stop id ends generation before it is emitted.
+  g.sampling = {};
+  g.stop_ids = {greedy->tokens[2]};
+  const size_t first = static_cast<size_t>(
+      std::find(greedy->tokens.begin(), greedy->tokens.end(), greedy->tokens[2]) -
+      greedy->tokens.begin());
+  ASSERT_TRUE(engine->ResetSequence(0).ok());
+  auto stopped = Generate(*engine, 0, Prompt(6, 9), g);
+  ASSERT_TRUE(stopped.ok());
+  EXPECT_TRUE(stopped->stopped);
+  EXPECT_EQ(stopped->tokens.size(), first);
+  g.sampling.top_p = 0;
+  EXPECT_FALSE(Generate(*engine, 0, Prompt(6, 9), g).ok());
+}
+
+}  // namespace
+}  // namespace moe
