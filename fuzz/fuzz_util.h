@@ -8,7 +8,10 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <string>
+#include <system_error>
+#include <vector>
 
 namespace moe::fuzz {
 
@@ -38,8 +41,10 @@ class MemFile {
   std::string path_;
 };
 
-// A fresh directory under $TMPDIR (or /tmp), for the lifetime of the process.
+// A fresh directory under $TMPDIR (or /tmp), removed when the process exits normally (libFuzzer
+// calls exit() when -max_total_time or -runs is reached).
 inline std::string MakeTempDir(const char* tag) {
+  static std::vector<std::string>* dirs = new std::vector<std::string>();
   const char* root = std::getenv("TMPDIR");
   std::string dir =
       std::string(root != nullptr && *root != '\0' ? root : "/tmp") + "/" + tag + "_XXXXXX";
@@ -47,6 +52,15 @@ inline std::string MakeTempDir(const char* tag) {
     std::perror("mkdtemp");
     std::abort();
   }
+  if (dirs->empty()) {
+    std::atexit([] {
+      for (const std::string& d : *dirs) {
+        std::error_code ec;
+        std::filesystem::remove_all(d, ec);
+      }
+    });
+  }
+  dirs->push_back(dir);
   return dir;
 }
 

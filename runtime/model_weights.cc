@@ -100,7 +100,7 @@ bool MatchPattern(std::string_view pattern, std::string_view name, int64_t* laye
   return n == name.size();
 }
 
-// Binds tensors one by one, remembering which names it used and how many bytes were bound.
+// Binds tensors one by one (Expect plus an alignment check), remembering which names it used.
 class Binder {
  public:
   explicit Binder(const Checkpoint& checkpoint) : ckpt_(checkpoint) {}

@@ -158,10 +158,10 @@ TEST_P(KernelsTest, LinearIsIdenticalForAnyThreadCount) {
   ThreadPool pool1(1), pool2(2), pool3(3);
   uint32_t seed = 100;
   for (DType dtype : kAllDTypes) {
-    const TestWeight w = MakeWeight(dtype, 301, 600, seed++);
+    const TestWeight w = MakeWeight(dtype, 301, 1100, seed++);
     for (int64_t n : {1, 2, 3, 4, 7, 33}) {
       SCOPED_TRACE(kernel_testing::DTypeLabel(dtype) + " n " + std::to_string(n));
-      const std::vector<float> x = RandomVector(static_cast<size_t>(n * 600), seed++);
+      const std::vector<float> x = RandomVector(static_cast<size_t>(n * 1100), seed++);
       std::vector<float> y0(static_cast<size_t>(n * 301)), y1 = y0, y2 = y0, y3 = y0;
       Linear(x.data(), n, w.view(), y0.data(), nullptr);
       Linear(x.data(), n, w.view(), y1.data(), &pool1);

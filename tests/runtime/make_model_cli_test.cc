@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -20,6 +21,23 @@ namespace {
 using ::testing::HasSubstr;
 namespace fs = std::filesystem;
 
+// Directories made by this file's tests, removed when the test program ends.
+class TempDirCleanup : public ::testing::Environment {
+ public:
+  static std::vector<std::string>& Dirs() {
+    static std::vector<std::string> dirs;
+    return dirs;
+  }
+  void TearDown() override {
+    for (const std::string& dir : Dirs()) {
+      std::error_code ec;
+      std::filesystem::remove_all(dir, ec);
+    }
+  }
+};
+::testing::Environment* const kTempDirCleanup =
+    ::testing::AddGlobalTestEnvironment(new TempDirCleanup);
+
 struct CommandResult {
   int exit_code = -1;
   std::string output;  // stdout
@@ -30,6 +48,7 @@ CommandResult Exec(const std::string& args) {
   static int counter = 0;
   const std::string err_file =
       (fs::path(::testing::TempDir()) / ("make_model_err_" + std::to_string(++counter))).string();
+  TempDirCleanup::Dirs().push_back(err_file);
   const std::string cmd = std::string(MOE_BIN_DIR) + "/moe-make-model " + args + " 2>" + err_file;
   CommandResult r;
   FILE* pipe = popen(cmd.c_str(), "r");
@@ -51,6 +70,7 @@ class MakeModelCliTest : public ::testing::Test {
     if (!root.empty() && root.back() == '/') root.pop_back();
     dir_ = root + "/make_model_cli_XXXXXX";
     ASSERT_NE(::mkdtemp(dir_.data()), nullptr);
+    TempDirCleanup::Dirs().push_back(dir_);
   }
   std::string dir_;
 };

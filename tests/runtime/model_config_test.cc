@@ -2,8 +2,10 @@
 
 #include <stdlib.h>
 
+#include <filesystem>
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -94,6 +96,23 @@ Json MinimalMixtral() {
               {"num_experts_per_tok", 2},
               {"vocab_size", 100}};
 }
+
+// Directories made by this file's tests, removed when the test program ends.
+class TempDirCleanup : public ::testing::Environment {
+ public:
+  static std::vector<std::string>& Dirs() {
+    static std::vector<std::string> dirs;
+    return dirs;
+  }
+  void TearDown() override {
+    for (const std::string& dir : Dirs()) {
+      std::error_code ec;
+      std::filesystem::remove_all(dir, ec);
+    }
+  }
+};
+::testing::Environment* const kTempDirCleanup =
+    ::testing::AddGlobalTestEnvironment(new TempDirCleanup);
 
 absl::StatusOr<ModelConfig> Parse(const Json& j) { return ParseModelConfig(j.dump(), "cfg.json"); }
 
@@ -418,6 +437,7 @@ TEST(ModelConfigTest, ReadModelConfigNamesTheFile) {
   if (!root.empty() && root.back() == '/') root.pop_back();
   std::string dir = root + "/model_config_test_XXXXXX";
   ASSERT_NE(::mkdtemp(dir.data()), nullptr);
+  TempDirCleanup::Dirs().push_back(dir);
 
   auto missing = ReadModelConfig(dir);
   ASSERT_FALSE(missing.ok());

@@ -30,11 +30,29 @@ namespace fs = std::filesystem;
 
 std::string Message(const absl::Status& status) { return std::string(status.message()); }
 
+// Directories made by this file's tests, removed when the test program ends.
+class TempDirCleanup : public ::testing::Environment {
+ public:
+  static std::vector<std::string>& Dirs() {
+    static std::vector<std::string> dirs;
+    return dirs;
+  }
+  void TearDown() override {
+    for (const std::string& dir : Dirs()) {
+      std::error_code ec;
+      std::filesystem::remove_all(dir, ec);
+    }
+  }
+};
+::testing::Environment* const kTempDirCleanup =
+    ::testing::AddGlobalTestEnvironment(new TempDirCleanup);
+
 std::string MakeTempDir() {
   std::string root = ::testing::TempDir();
   if (!root.empty() && root.back() == '/') root.pop_back();
   std::string tmpl = root + "/model_weights_test_XXXXXX";
   EXPECT_NE(::mkdtemp(tmpl.data()), nullptr);
+  TempDirCleanup::Dirs().push_back(tmpl);
   return tmpl;
 }
 
