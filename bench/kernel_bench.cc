@@ -1,28 +1,32 @@
 // CPU kernel throughput against the machine's limits: memory bandwidth for decode (batch 1 is a
 // weight stream) and OpenBLAS sgemm for batched expert FFNs (batch 32 is compute).
 //
-// Cases (all threaded on one ThreadPool of `--threads`-independent size: the machine's cores):
-//   MemoryBandwidth      multi-threaded streaming read (sum) of a 1 GiB buffer: the roofline.
-//   Linear/ExpertFfn     Mixtral-like shapes scaled to a small machine (H = 1024, I = 3584) with
-//                        bf16 and fp32 weights at batch 1 and 32. Each iteration uses the next of
-//                        several weight copies totalling >= 256 MiB, so weights come from DRAM
-//                        (as offloaded experts do) and not from the last-level cache.
-//   SgemmExpertFfn       the same expert FFN as three cblas_sgemm calls plus silu * mul, with
-//                        OpenBLAS on the same number of threads (only when built with OpenBLAS).
-// Counters: weight_GBps (weight bytes streamed per second), GFLOPs, and pct_of_bw (weight GB/s
-// as a percentage of the MemoryBandwidth case of the same run, when it ran first).
+// Everything runs on ThreadPool::Default() (one thread per hardware thread); OpenBLAS gets the
+// same thread count. Shapes are Mixtral-like, scaled to a small machine: H = 1024, I = 3584.
+//   MemoryBandwidth     multi-threaded streaming read (integer sum) of a 1 GiB buffer.
+//   Linear, ExpertFfn   bf16 and fp32 weights at batch 1 and 32. Each iteration uses the next of
+//                       several weight copies totalling >= 256 MiB, so weights come from DRAM
+//                       (as offloaded experts do), not from the last-level cache.
+//   SgemmExpertFfn      the same expert FFN as three cblas_sgemm calls plus silu * mul (fp32
+//                       weights, same copies), only when built with OpenBLAS.
+//   Paired*             each iteration times ours and the reference back to back and reports
+//                       medians and their ratio: robust to load changes on a shared machine,
+//                       where separate cases can run minutes apart.
+// Counters: weight_GBps (weight bytes per second), GFLOPs, pct_of_bw (weight_GBps as a
+// percentage of the MemoryBandwidth case of the same run, when that ran first).
 //
 //   build/bin/moe_kernel_bench --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
-#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "kernels/cpu/cpu_kernels.h"
@@ -40,28 +44,66 @@ namespace {
 constexpr int64_t kHidden = 1024;
 constexpr int64_t kInter = 3584;
 constexpr uint64_t kRotationBytes = uint64_t{256} << 20;
+constexpr size_t kBandwidthBytes = size_t{1} << 30;
 
 ThreadPool& Pool() { return ThreadPool::Default(); }
 
-// Measured by BM_MemoryBandwidth (bytes/s), used for pct_of_bw.
+// Set by BM_MemoryBandwidth (bytes/s); pct_of_bw is relative to it.
 double g_bandwidth = 0.0;
 
-// Page-aligned, never-freed-mid-run storage that is first touched by the pool's threads.
-struct Buffer {
-  std::unique_ptr<std::byte[]> bytes;
-  size_t size = 0;
-  std::byte* data() { return bytes.get(); }
-};
+using Clock = std::chrono::steady_clock;
+double Seconds(Clock::time_point since) {
+  return std::chrono::duration<double>(Clock::now() - since).count();
+}
 
-Buffer MakeBuffer(size_t size) {
-  Buffer b;
-  b.bytes.reset(new std::byte[size]);
-  b.size = size;
-  std::byte* p = b.data();
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+// Heap storage first touched (zeroed) by the pool's threads.
+std::unique_ptr<std::byte[]> MakeBuffer(size_t size) {
+  std::unique_ptr<std::byte[]> b(new std::byte[size]);
+  std::byte* p = b.get();
   Pool().ParallelFor(static_cast<int64_t>(size >> 12), 64, [p](int64_t begin, int64_t end) {
     std::memset(p + (begin << 12), 0, static_cast<size_t>(end - begin) << 12);
   });
   return b;
+}
+
+// Reads `bytes` (a multiple of 8) from `data` on the pool, one contiguous chunk per thread.
+uint64_t StreamSum(const std::byte* data, size_t bytes) {
+  const auto* words = reinterpret_cast<const uint64_t*>(data);
+  const int64_t count = static_cast<int64_t>(bytes / 8);
+  const int threads = Pool().num_threads();
+  uint64_t partial[64 * 8] = {};  // padded: one cache line per thread
+  Pool().ParallelFor(threads, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t begin = count * t / threads, end = count * (t + 1) / threads;
+      uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;  // integer sums: no reassociation concerns
+      int64_t i = begin;
+      for (; i + 4 <= end; i += 4) {
+        s0 += words[i];
+        s1 += words[i + 1];
+        s2 += words[i + 2];
+        s3 += words[i + 3];
+      }
+      for (; i < end; ++i) s0 += words[i];
+      partial[(t % 64) * 8] = s0 + s1 + s2 + s3;
+    }
+  });
+  uint64_t sum = 0;
+  for (int t = 0; t < 64; ++t) sum += partial[t * 8];
+  return sum;
+}
+
+std::byte* BandwidthBuffer() {
+  static std::byte* const buffer = [] {
+    std::byte* b = MakeBuffer(kBandwidthBytes).release();
+    std::memset(b, 1, kBandwidthBytes);
+    return b;
+  }();
+  return buffer;
 }
 
 void FillRandom(std::byte* dst, DType dtype, int64_t count, uint32_t seed, float scale) {
@@ -81,11 +123,10 @@ void FillRandom(std::byte* dst, DType dtype, int64_t count, uint32_t seed, float
 // `copies` experts (gate, up, down) of one dtype, cycled through so that the working set
 // exceeds the last-level cache.
 struct ExpertSet {
-  DType dtype;
   int copies = 0;
-  Buffer storage;
-  std::vector<WeightView> gate, up, down;
   uint64_t expert_bytes = 0;
+  std::unique_ptr<std::byte[]> storage;
+  std::vector<WeightView> gate, up, down;
 };
 
 ExpertSet& Experts(DType dtype) {
@@ -93,13 +134,12 @@ ExpertSet& Experts(DType dtype) {
   const int slot = dtype == DType::kF32 ? 0 : dtype == DType::kBF16 ? 1 : 2;
   if (sets[slot] != nullptr) return *sets[slot];
   auto* set = new ExpertSet;
-  set->dtype = dtype;
   const uint64_t matrix_bytes = static_cast<uint64_t>(kHidden * kInter) * DTypeSize(dtype);
   set->expert_bytes = 3 * matrix_bytes;
   set->copies = static_cast<int>((kRotationBytes + set->expert_bytes - 1) / set->expert_bytes);
   set->storage = MakeBuffer(set->expert_bytes * set->copies);
-  // Fill one expert with random values and copy it: the values do not matter for speed.
-  std::byte* base = set->storage.data();
+  // One expert of random values, copied: the values do not matter for speed.
+  std::byte* base = set->storage.get();
   FillRandom(base, dtype, 3 * kHidden * kInter, 1, 0.05f);
   for (int c = 0; c < set->copies; ++c) {
     std::byte* e = base + c * set->expert_bytes;
@@ -112,6 +152,8 @@ ExpertSet& Experts(DType dtype) {
   return *set;
 }
 
+std::string ThreadsLabel() { return std::to_string(Pool().num_threads()) + " threads"; }
+
 void SetWeightCounters(benchmark::State& state, uint64_t weight_bytes, double flops) {
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * weight_bytes));
   state.counters["weight_GBps"] = benchmark::Counter(static_cast<double>(weight_bytes) / 1e9,
@@ -119,59 +161,26 @@ void SetWeightCounters(benchmark::State& state, uint64_t weight_bytes, double fl
   state.counters["GFLOPs"] =
       benchmark::Counter(flops / 1e9, benchmark::Counter::kIsIterationInvariantRate);
   if (g_bandwidth > 0.0) {
-    // Filled in after the run from the rate: weight bytes / time / bandwidth.
+    // A rate counter: (weight bytes / bandwidth) per second of run time, in percent.
     state.counters["pct_of_bw"] =
         benchmark::Counter(100.0 * static_cast<double>(weight_bytes) / g_bandwidth,
                            benchmark::Counter::kIsIterationInvariantRate);
   }
-  state.SetLabel(std::string(UsingAvx2() ? "avx2" : "scalar") + ", " +
-                 std::to_string(Pool().num_threads()) + " threads");
+  state.SetLabel(std::string(UsingAvx2() ? "avx2, " : "scalar, ") + ThreadsLabel());
 }
 
 // ---- memory bandwidth -----------------------------------------------------------------------
 
 void BM_MemoryBandwidth(benchmark::State& state) {
-  static Buffer buffer = [] {
-    Buffer b = MakeBuffer(size_t{1} << 30);
-    std::memset(b.data(), 1, b.size);
-    return b;
-  }();
-  const auto* words = reinterpret_cast<const uint64_t*>(buffer.data());
-  const int64_t count = static_cast<int64_t>(buffer.size / 8);
-  std::vector<uint64_t> partial(static_cast<size_t>(Pool().num_threads()) * 8, 0);
-  const auto start = std::chrono::steady_clock::now();
-  for (auto _ : state) {
-    struct Ctx {
-      const uint64_t* words;
-      int64_t count;
-      uint64_t* partial;
-      int threads;
-    } ctx{words, count, partial.data(), Pool().num_threads()};
-    // One chunk per thread; integer sums vectorise without reassociation concerns.
-    Pool().ParallelFor(ctx.threads, 1, [&ctx](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t begin = ctx.count * t / ctx.threads, end = ctx.count * (t + 1) / ctx.threads;
-        uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-        int64_t i = begin;
-        for (; i + 4 <= end; i += 4) {
-          s0 += ctx.words[i];
-          s1 += ctx.words[i + 1];
-          s2 += ctx.words[i + 2];
-          s3 += ctx.words[i + 3];
-        }
-        for (; i < end; ++i) s0 += ctx.words[i];
-        ctx.partial[t * 8] = s0 + s1 + s2 + s3;
-      }
-    });
-    benchmark::DoNotOptimize(partial.data());
-    benchmark::ClobberMemory();
-  }
-  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * buffer.size));
-  state.counters["GBps"] = benchmark::Counter(static_cast<double>(buffer.size) / 1e9,
+  const std::byte* buffer = BandwidthBuffer();
+  const auto start = Clock::now();
+  for (auto _ : state) benchmark::DoNotOptimize(StreamSum(buffer, kBandwidthBytes));
+  g_bandwidth = static_cast<double>(kBandwidthBytes) * static_cast<double>(state.iterations()) /
+                Seconds(start);
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * kBandwidthBytes));
+  state.counters["GBps"] = benchmark::Counter(static_cast<double>(kBandwidthBytes) / 1e9,
                                               benchmark::Counter::kIsIterationInvariantRate);
-  g_bandwidth = static_cast<double>(buffer.size) * static_cast<double>(state.iterations()) /
-                std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  state.SetLabel(std::to_string(Pool().num_threads()) + " threads, 1 GiB");
+  state.SetLabel(ThreadsLabel() + ", 1 GiB");
 }
 
 // ---- Linear and ExpertFfn -------------------------------------------------------------------
@@ -180,67 +189,155 @@ void BM_Linear(benchmark::State& state, DType dtype) {
   const int64_t n = state.range(0);
   ExpertSet& set = Experts(dtype);
   // The gate matrices of every copy, then the up matrices: 2 * copies distinct [I, H] weights.
-  std::vector<const WeightView*> weights;
-  for (int c = 0; c < set.copies; ++c) weights.push_back(&set.gate[c]);
-  for (int c = 0; c < set.copies; ++c) weights.push_back(&set.up[c]);
-  std::vector<float> x(static_cast<size_t>(n * kHidden), 0.01f), y(static_cast<size_t>(n * kInter));
+  std::vector<WeightView> weights = set.gate;
+  weights.insert(weights.end(), set.up.begin(), set.up.end());
+  std::vector<float> x(static_cast<size_t>(n * kHidden), 0.01f);
+  std::vector<float> y(static_cast<size_t>(n * kInter));
   size_t next = 0;
   for (auto _ : state) {
-    Linear(x.data(), n, *weights[next], y.data(), &Pool());
+    Linear(x.data(), n, weights[next], y.data(), &Pool());
     next = (next + 1) % weights.size();
     benchmark::DoNotOptimize(y.data());
   }
-  SetWeightCounters(state, weights[0]->num_bytes(), 2.0 * n * kHidden * kInter);
+  SetWeightCounters(state, weights[0].num_bytes(), 2.0 * n * kHidden * kInter);
+}
+
+struct FfnBuffers {
+  explicit FfnBuffers(int64_t n)
+      : x(static_cast<size_t>(n * kHidden), 0.01f),
+        out(static_cast<size_t>(n * kHidden)),
+        scratch(static_cast<size_t>(2 * n * kInter)) {}
+  std::vector<float> x, out, scratch;
+};
+
+void RunExpertFfn(const ExpertSet& set, int c, int64_t n, FfnBuffers& b) {
+  ExpertFfn(b.x.data(), n, set.gate[c], set.up[c], set.down[c], b.out.data(), b.scratch.data(),
+            &Pool());
 }
 
 void BM_ExpertFfn(benchmark::State& state, DType dtype) {
   const int64_t n = state.range(0);
   ExpertSet& set = Experts(dtype);
-  std::vector<float> x(static_cast<size_t>(n * kHidden), 0.01f);
-  std::vector<float> out(static_cast<size_t>(n * kHidden));
-  std::vector<float> scratch(static_cast<size_t>(2 * n * kInter));
+  FfnBuffers b(n);
   int c = 0;
   for (auto _ : state) {
-    ExpertFfn(x.data(), n, set.gate[c], set.up[c], set.down[c], out.data(), scratch.data(),
-              &Pool());
+    RunExpertFfn(set, c, n, b);
     c = (c + 1) % set.copies;
-    benchmark::DoNotOptimize(out.data());
+    benchmark::DoNotOptimize(b.out.data());
   }
   SetWeightCounters(state, set.expert_bytes, 6.0 * n * kHidden * kInter);
 }
 
-#if defined(MOE_HAVE_OPENBLAS)
-// The same expert FFN with OpenBLAS: g = x gate^T, u = x up^T (sgemm with B transposed, as the
-// weights are [out, in]), h = silu(g) * u on the pool, out = h down^T.
-void BM_SgemmExpertFfn(benchmark::State& state) {
+// Reading as many bytes as one expert from a rotating window of the 1 GiB buffer: the
+// bandwidth reference of the paired decode case.
+void StreamExpertBytes(uint64_t bytes, size_t* offset) {
+  if (*offset + bytes > kBandwidthBytes) *offset = 0;
+  benchmark::DoNotOptimize(StreamSum(BandwidthBuffer() + *offset, bytes));
+  *offset += bytes;
+}
+
+void BM_PairedExpertFfnVsBandwidth(benchmark::State& state, DType dtype) {
   const int64_t n = state.range(0);
-  openblas_set_num_threads(Pool().num_threads());
-  ExpertSet& set = Experts(DType::kF32);
-  std::vector<float> x(static_cast<size_t>(n * kHidden), 0.01f);
-  std::vector<float> out(static_cast<size_t>(n * kHidden));
-  std::vector<float> g(static_cast<size_t>(n * kInter)), u(g.size());
+  ExpertSet& set = Experts(dtype);
+  BandwidthBuffer();  // allocate before timing
+  FfnBuffers b(n);
+  std::vector<double> ours, stream;
+  size_t offset = 0;
   int c = 0;
   for (auto _ : state) {
+    auto t = Clock::now();
+    RunExpertFfn(set, c, n, b);
+    ours.push_back(Seconds(t));
+    t = Clock::now();
+    StreamExpertBytes(set.expert_bytes, &offset);
+    stream.push_back(Seconds(t));
+    c = (c + 1) % set.copies;
+  }
+  const double bytes = static_cast<double>(set.expert_bytes);
+  state.counters["ffn_GBps"] = bytes / Median(ours) / 1e9;
+  state.counters["stream_GBps"] = bytes / Median(stream) / 1e9;
+  state.counters["pct_of_stream"] = 100.0 * Median(stream) / Median(ours);
+  state.SetLabel(std::string(UsingAvx2() ? "avx2, " : "scalar, ") + ThreadsLabel());
+}
+
+#if defined(MOE_HAVE_OPENBLAS)
+// The same expert FFN with OpenBLAS: g = x gate^T and u = x up^T (sgemm with B transposed: the
+// weights are [out, in]), h = silu(g) * u on the pool, out = h down^T.
+struct SgemmFfn {
+  explicit SgemmFfn(int64_t n) : n(n), g(static_cast<size_t>(n * kInter)), u(g.size()) {
+    openblas_set_num_threads(Pool().num_threads());
+  }
+  void Run(const ExpertSet& set, int c, FfnBuffers& b) {
     const auto* gate = reinterpret_cast<const float*>(set.gate[c].data);
     const auto* up = reinterpret_cast<const float*>(set.up[c].data);
     const auto* down = reinterpret_cast<const float*>(set.down[c].data);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, kInter, kHidden, 1.0f, x.data(),
+    const int m = static_cast<int>(n);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, kInter, kHidden, 1.0f, b.x.data(),
                 kHidden, gate, kHidden, 0.0f, g.data(), kInter);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, kInter, kHidden, 1.0f, x.data(),
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, kInter, kHidden, 1.0f, b.x.data(),
                 kHidden, up, kHidden, 0.0f, u.data(), kInter);
     float* gp = g.data();
     const float* uptr = u.data();
-    Pool().ParallelFor(n * kInter, 4096, [gp, uptr](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) gp[i] = gp[i] / (1.0f + std::exp(-gp[i])) * uptr[i];
+    Pool().ParallelFor(n * kInter, 4096, [gp, uptr](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) gp[i] = gp[i] / (1.0f + std::exp(-gp[i])) * uptr[i];
     });
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, kHidden, kInter, 1.0f, g.data(), kInter,
-                down, kInter, 0.0f, out.data(), kHidden);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, kHidden, kInter, 1.0f, g.data(), kInter,
+                down, kInter, 0.0f, b.out.data(), kHidden);
+  }
+  int64_t n;
+  std::vector<float> g, u;
+};
+
+std::string OpenBlasLabel() {
+  return std::string("openblas ") + openblas_get_corename() + ", " + ThreadsLabel();
+}
+
+void BM_SgemmExpertFfn(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  ExpertSet& set = Experts(DType::kF32);
+  FfnBuffers b(n);
+  SgemmFfn sgemm(n);
+  int c = 0;
+  for (auto _ : state) {
+    sgemm.Run(set, c, b);
     c = (c + 1) % set.copies;
-    benchmark::DoNotOptimize(out.data());
+    benchmark::DoNotOptimize(b.out.data());
   }
   SetWeightCounters(state, set.expert_bytes, 6.0 * n * kHidden * kInter);
-  state.SetLabel(std::string("openblas ") + openblas_get_corename() + ", " +
-                 std::to_string(Pool().num_threads()) + " threads");
+  state.SetLabel(OpenBlasLabel());
+}
+
+constexpr int kOpenBlasIdleMs = 200;
+
+void BM_PairedExpertFfnVsSgemm(benchmark::State& state) {
+  const int64_t n = state.range(0);
+  ExpertSet& set = Experts(DType::kF32);
+  FfnBuffers b(n);
+  SgemmFfn sgemm(n);
+  std::vector<double> ours, theirs;
+  int c = 0;
+  for (auto _ : state) {
+    auto t = Clock::now();
+    RunExpertFfn(set, c, n, b);
+    ours.push_back(Seconds(t));
+    c = (c + 1) % set.copies;
+    t = Clock::now();
+    sgemm.Run(set, c, b);
+    theirs.push_back(Seconds(t));
+    c = (c + 1) % set.copies;
+    // OpenBLAS's threads busy-wait after a call (2^28 cycles by default) and would take CPU
+    // from our pool in the next iteration; let them go to sleep first.
+    state.PauseTiming();
+    std::this_thread::sleep_for(std::chrono::milliseconds(kOpenBlasIdleMs));
+    state.ResumeTiming();
+  }
+  const double flops = 6.0 * n * kHidden * kInter;
+  state.counters["ours_GFLOPs"] = flops / Median(ours) / 1e9;
+  state.counters["sgemm_GFLOPs"] = flops / Median(theirs) / 1e9;
+  state.counters["ours_us"] = Median(ours) * 1e6;
+  state.counters["sgemm_us"] = Median(theirs) * 1e6;
+  state.counters["time_ratio"] = Median(ours) / Median(theirs);
+  state.SetLabel(OpenBlasLabel());
 }
 #endif
 
@@ -253,6 +350,7 @@ void BM_ParallelForOverhead(benchmark::State& state) {
     Pool().ParallelFor(Pool().num_threads(), 1, [s](int64_t b, int64_t e) { s[b * 8] += e; });
   }
   benchmark::DoNotOptimize(sink.data());
+  state.SetLabel(ThreadsLabel());
 }
 
 BENCHMARK(BM_MemoryBandwidth)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
@@ -277,8 +375,21 @@ BENCHMARK_CAPTURE(BM_ExpertFfn, f32, DType::kF32)
     ->Arg(32)
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
+BENCHMARK_CAPTURE(BM_PairedExpertFfnVsBandwidth, bf16, DType::kBF16)
+    ->Arg(1)
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_PairedExpertFfnVsBandwidth, f32, DType::kF32)
+    ->Arg(1)
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
 #if defined(MOE_HAVE_OPENBLAS)
 BENCHMARK(BM_SgemmExpertFfn)->Arg(1)->Arg(32)->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_PairedExpertFfnVsSgemm)
+    ->Arg(32)
+    ->Iterations(20)
+    ->Unit(benchmark::kMicrosecond)
+    ->UseRealTime();
 #endif
 
 }  // namespace

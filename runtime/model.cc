@@ -4,6 +4,8 @@
 #include <cstdio>
 #include <filesystem>
 
+#include <unistd.h>
+
 #include "runtime/logging.h"
 #include "runtime/status.h"
 
@@ -19,15 +21,19 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Load(const std::string& dir)
   MOE_ASSIGN_OR_RETURN(model->config, ReadModelConfig(dir));
   const auto start = std::chrono::steady_clock::now();
   // Mapping is cheap; the progress line matters for many-shard checkpoints on slow disks.
+  // Only for checkpoints large enough to take a while (or when a person watches a terminal).
   bool printed = false;
+  const bool tty = isatty(STDERR_FILENO) != 0;
   auto progress = [&](int done, int total, uint64_t bytes) {
-    if (total < 2) return;
+    if (total < 2 || (!tty && bytes < (1ull << 30))) return;
     std::fprintf(stderr, "\rloading %s: shard %d/%d (%.1f GB)", dir.c_str(), done, total,
                  static_cast<double>(bytes) / 1e9);
     printed = true;
   };
-  MOE_ASSIGN_OR_RETURN(model->checkpoint, Checkpoint::Open(dir, progress));
+  auto checkpoint = Checkpoint::Open(dir, progress);
   if (printed) std::fprintf(stderr, "\n");
+  if (!checkpoint.ok()) return checkpoint.status();
+  model->checkpoint = *std::move(checkpoint);
   MOE_ASSIGN_OR_RETURN(model->weights, BindModelWeights(*model->checkpoint, model->config));
   const std::string tokenizer_path = (std::filesystem::path(dir) / "tokenizer.model").string();
   if (std::filesystem::exists(tokenizer_path, ec)) {

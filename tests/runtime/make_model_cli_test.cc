@@ -12,6 +12,7 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "runtime/checkpoint.h"
+#include "tests/common/run_tool.h"
 #include "runtime/model_config.h"
 #include "runtime/model_weights.h"
 
@@ -38,30 +39,9 @@ class TempDirCleanup : public ::testing::Environment {
 ::testing::Environment* const kTempDirCleanup =
     ::testing::AddGlobalTestEnvironment(new TempDirCleanup);
 
-struct CommandResult {
-  int exit_code = -1;
-  std::string output;  // stdout
-  std::string errors;  // stderr
-};
+using testing_util::CommandResult;
 
-CommandResult Exec(const std::string& args) {
-  static int counter = 0;
-  const std::string err_file =
-      (fs::path(::testing::TempDir()) / ("make_model_err_" + std::to_string(++counter))).string();
-  TempDirCleanup::Dirs().push_back(err_file);
-  const std::string cmd = std::string(MOE_BIN_DIR) + "/moe-make-model " + args + " 2>" + err_file;
-  CommandResult r;
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (pipe == nullptr) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) r.output.append(buf, n);
-  const int status = pclose(pipe);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  std::ifstream f(err_file);
-  r.errors.assign(std::istreambuf_iterator<char>(f), {});
-  return r;
-}
+CommandResult Exec(const std::string& args) { return testing_util::RunTool("moe-make-model " + args); }
 
 class MakeModelCliTest : public ::testing::Test {
  protected:

@@ -8,6 +8,7 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "predictor/synthetic_trace.h"
+#include "tests/common/run_tool.h"
 #include "tools/trace/trace_stats.h"
 
 namespace moe {
@@ -16,29 +17,9 @@ namespace {
 using ::testing::HasSubstr;
 namespace fs = std::filesystem;
 
-struct CommandResult {
-  int exit_code = -1;
-  std::string output;  // stdout
-  std::string errors;  // stderr
-};
+using testing_util::CommandResult;
 
-CommandResult Exec(const std::string& args) {
-  static int counter = 0;
-  const std::string err_file =
-      (fs::path(::testing::TempDir()) / ("cli_err_" + std::to_string(++counter))).string();
-  const std::string cmd = std::string(MOE_BIN_DIR) + "/" + args + " 2>" + err_file;
-  CommandResult r;
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (pipe == nullptr) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, pipe)) > 0) r.output.append(buf, n);
-  const int status = pclose(pipe);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  std::ifstream f(err_file);
-  r.errors.assign(std::istreambuf_iterator<char>(f), {});
-  return r;
-}
+CommandResult Exec(const std::string& args) { return testing_util::RunTool(args); }
 
 class CliTest : public ::testing::Test {
  protected:
