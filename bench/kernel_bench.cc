@@ -357,6 +357,10 @@ BENCHMARK(BM_MemoryBandwidth)->Unit(benchmark::kMillisecond)->UseRealTime()->Min
 BENCHMARK(BM_ParallelForOverhead)->UseRealTime();
 BENCHMARK_CAPTURE(BM_Linear, bf16, DType::kBF16)
     ->Arg(1)
+    ->Arg(2)
+    ->Arg(4)
+    ->Arg(5)
+    ->Arg(8)
     ->Arg(32)
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();

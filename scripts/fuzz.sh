@@ -19,27 +19,11 @@ command -v clang++ >/dev/null || { echo "fuzz.sh: clang++ not found (apt-get ins
 
 # Instrument every library for coverage and sanitizers, not only the fuzz drivers.
 san="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer"
-extra=()
 mkdir -p "$build"
-if ! grep -Eq '^[[:space:]]*add_subdirectory\([[:space:]]*fuzz[[:space:]]*\)' CMakeLists.txt; then
-  # The top-level CMakeLists.txt does not include fuzz/ yet: add it from a hook run right after
-  # project(), so this script works either way (fuzz/ names its library dependencies, which
-  # CMake resolves when it generates, after the whole tree is read).
-  hook="$(cd "$build" && pwd)/moe_fuzz_hook.cmake"
-  cat >"$hook" <<'EOF'
-get_property(moe_fuzz_hooked GLOBAL PROPERTY MOE_FUZZ_HOOKED)
-if(NOT moe_fuzz_hooked AND CMAKE_CURRENT_SOURCE_DIR STREQUAL CMAKE_SOURCE_DIR)
-  set_property(GLOBAL PROPERTY MOE_FUZZ_HOOKED TRUE)
-  add_subdirectory("${CMAKE_SOURCE_DIR}/fuzz" "${CMAKE_BINARY_DIR}/fuzz")
-endif()
-EOF
-  extra+=("-DCMAKE_PROJECT_INCLUDE=$hook")
-fi
-
 CC=clang CXX=clang++ cmake -S . -B "$build" \
   -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DMOE_BUILD_FUZZERS=ON -DMOE_BUILD_TESTS=OFF -DMOE_BUILD_BENCHMARKS=OFF -DMOE_WITH_CUDA=OFF \
-  -DCMAKE_C_FLAGS="$san" -DCMAKE_CXX_FLAGS="$san" "${extra[@]}" >"$build/configure.log" ||
+  -DCMAKE_C_FLAGS="$san" -DCMAKE_CXX_FLAGS="$san" >"$build/configure.log" ||
   { cat "$build/configure.log" >&2; exit 2; }
 # shellcheck disable=SC2086
 cmake --build "$build" -j "$jobs" --target $targets

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the project builds against, when any is missing.
-# Usage: scripts/install-deps.sh   (uses sudo when not root)
+# Usage: scripts/install-deps.sh [extra packages...]   (uses sudo when not root)
 set -euo pipefail
 
 packages=(build-essential cmake pkg-config libabsl-dev libfmt-dev nlohmann-json3-dev
-          libgtest-dev libgmock-dev libbenchmark-dev libsentencepiece-dev libopenblas-dev)
+          libgtest-dev libgmock-dev libbenchmark-dev libsentencepiece-dev libopenblas-dev "$@")
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
