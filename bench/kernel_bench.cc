@@ -12,8 +12,8 @@
 //   Paired*             each iteration times ours and the reference back to back and reports
 //                       medians and their ratio: robust to load changes on a shared machine,
 //                       where separate cases can run minutes apart.
-// Counters: weight_GBps (weight bytes per second), GFLOPs, pct_of_bw (weight_GBps as a
-// percentage of the MemoryBandwidth case of the same run, when that ran first).
+// Counters (from wall time): weight_GBps (weight bytes per second), GFLOPs, pct_of_bw
+// (weight_GBps as a percentage of the MemoryBandwidth case of the same run, when that ran first).
 //
 //   build/bin/moe_kernel_bench --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
 #include <benchmark/benchmark.h>
@@ -154,17 +154,16 @@ ExpertSet& Experts(DType dtype) {
 
 std::string ThreadsLabel() { return std::to_string(Pool().num_threads()) + " threads"; }
 
-void SetWeightCounters(benchmark::State& state, uint64_t weight_bytes, double flops) {
+// Plain (not rate) counters from the loop's wall time, so the table reads GB/s, GFLOP/s and %.
+void SetWeightCounters(benchmark::State& state, Clock::time_point start, uint64_t weight_bytes,
+                       double flops) {
+  const double per_second = static_cast<double>(state.iterations()) / Seconds(start);
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * weight_bytes));
-  state.counters["weight_GBps"] = benchmark::Counter(static_cast<double>(weight_bytes) / 1e9,
-                                                     benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["GFLOPs"] =
-      benchmark::Counter(flops / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["weight_GBps"] = static_cast<double>(weight_bytes) * per_second / 1e9;
+  state.counters["GFLOPs"] = flops * per_second / 1e9;
   if (g_bandwidth > 0.0) {
-    // A rate counter: (weight bytes / bandwidth) per second of run time, in percent.
     state.counters["pct_of_bw"] =
-        benchmark::Counter(100.0 * static_cast<double>(weight_bytes) / g_bandwidth,
-                           benchmark::Counter::kIsIterationInvariantRate);
+        100.0 * static_cast<double>(weight_bytes) * per_second / g_bandwidth;
   }
   state.SetLabel(std::string(UsingAvx2() ? "avx2, " : "scalar, ") + ThreadsLabel());
 }
@@ -178,8 +177,7 @@ void BM_MemoryBandwidth(benchmark::State& state) {
   g_bandwidth = static_cast<double>(kBandwidthBytes) * static_cast<double>(state.iterations()) /
                 Seconds(start);
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * kBandwidthBytes));
-  state.counters["GBps"] = benchmark::Counter(static_cast<double>(kBandwidthBytes) / 1e9,
-                                              benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GBps"] = g_bandwidth / 1e9;
   state.SetLabel(ThreadsLabel() + ", 1 GiB");
 }
 
@@ -194,12 +192,13 @@ void BM_Linear(benchmark::State& state, DType dtype) {
   std::vector<float> x(static_cast<size_t>(n * kHidden), 0.01f);
   std::vector<float> y(static_cast<size_t>(n * kInter));
   size_t next = 0;
+  const auto start = Clock::now();
   for (auto _ : state) {
     Linear(x.data(), n, weights[next], y.data(), &Pool());
     next = (next + 1) % weights.size();
     benchmark::DoNotOptimize(y.data());
   }
-  SetWeightCounters(state, weights[0].num_bytes(), 2.0 * n * kHidden * kInter);
+  SetWeightCounters(state, start, weights[0].num_bytes(), 2.0 * n * kHidden * kInter);
 }
 
 struct FfnBuffers {
@@ -220,12 +219,13 @@ void BM_ExpertFfn(benchmark::State& state, DType dtype) {
   ExpertSet& set = Experts(dtype);
   FfnBuffers b(n);
   int c = 0;
+  const auto start = Clock::now();
   for (auto _ : state) {
     RunExpertFfn(set, c, n, b);
     c = (c + 1) % set.copies;
     benchmark::DoNotOptimize(b.out.data());
   }
-  SetWeightCounters(state, set.expert_bytes, 6.0 * n * kHidden * kInter);
+  SetWeightCounters(state, start, set.expert_bytes, 6.0 * n * kHidden * kInter);
 }
 
 // Reading as many bytes as one expert from a rotating window of the 1 GiB buffer: the
@@ -262,7 +262,7 @@ void BM_PairedExpertFfnVsBandwidth(benchmark::State& state, DType dtype) {
 
 #if defined(MOE_HAVE_OPENBLAS)
 // The same expert FFN with OpenBLAS: g = x gate^T and u = x up^T (sgemm with B transposed: the
-// weights are [out, in]), h = silu(g) * u on the pool, out = h down^T.
+// weights are [out, in]), h = silu(g) * u, out = h down^T.
 struct SgemmFfn {
   explicit SgemmFfn(int64_t n) : n(n), g(static_cast<size_t>(n * kInter)), u(g.size()) {
     openblas_set_num_threads(Pool().num_threads());
@@ -276,11 +276,9 @@ struct SgemmFfn {
                 kHidden, gate, kHidden, 0.0f, g.data(), kInter);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, kInter, kHidden, 1.0f, b.x.data(),
                 kHidden, up, kHidden, 0.0f, u.data(), kInter);
-    float* gp = g.data();
-    const float* uptr = u.data();
-    Pool().ParallelFor(n * kInter, 4096, [gp, uptr](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) gp[i] = gp[i] / (1.0f + std::exp(-gp[i])) * uptr[i];
-    });
+    // On the calling thread: OpenBLAS's own threads are still spinning after the call, and a
+    // second pool next to them would only fight them for the cores.
+    for (size_t i = 0; i < g.size(); ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, kHidden, kInter, 1.0f, g.data(), kInter,
                 down, kInter, 0.0f, b.out.data(), kHidden);
   }
@@ -298,12 +296,13 @@ void BM_SgemmExpertFfn(benchmark::State& state) {
   FfnBuffers b(n);
   SgemmFfn sgemm(n);
   int c = 0;
+  const auto start = Clock::now();
   for (auto _ : state) {
     sgemm.Run(set, c, b);
     c = (c + 1) % set.copies;
     benchmark::DoNotOptimize(b.out.data());
   }
-  SetWeightCounters(state, set.expert_bytes, 6.0 * n * kHidden * kInter);
+  SetWeightCounters(state, start, set.expert_bytes, 6.0 * n * kHidden * kInter);
   state.SetLabel(OpenBlasLabel());
 }
 

@@ -10,7 +10,10 @@
 #include <cstddef>
 #include <cstdint>
 
+#include <algorithm>
+
 #include "experts/expert_id.h"
+#include "kernels/cpu/thread_pool.h"
 #include "runtime/device.h"
 #include "runtime/model_weights.h"
 
@@ -29,13 +32,26 @@ class HostExpertStore {
     return weights_.layers[id.layer].experts[id.expert];
   }
 
-  // Copies expert `key` into `slot` (expert_bytes of device memory) through `device`.
-  void CopyToSlot(ExpertKey key, Device& device, std::byte* slot) const {
+  // Copies expert `key` into `slot` (expert_bytes of device memory) through `device`. With a
+  // pool, the copy is split into chunks copied in parallel: one thread cannot saturate the
+  // memory system of a multi-core host (CPU device), and chunks let several copy engines work.
+  void CopyToSlot(ExpertKey key, Device& device, std::byte* slot,
+                  cpu::ThreadPool* pool = nullptr) const {
     const FfnWeights& w = HostWeights(key);
     std::byte* dst = slot;
     for (const WeightView* v : {&w.gate, &w.up, &w.down}) {
-      device.CopyToDevice(dst, v->data, v->num_bytes());
-      dst += v->num_bytes();
+      const uint64_t bytes = v->num_bytes();
+      if (pool == nullptr || bytes < 2 * kCopyChunk) {
+        device.CopyToDevice(dst, v->data, bytes);
+      } else {
+        const auto chunks = static_cast<int64_t>((bytes + kCopyChunk - 1) / kCopyChunk);
+        pool->ParallelFor(chunks, 1, [&](int64_t b, int64_t e) {
+          const uint64_t begin = static_cast<uint64_t>(b) * kCopyChunk;
+          const uint64_t end = std::min(bytes, static_cast<uint64_t>(e) * kCopyChunk);
+          device.CopyToDevice(dst + begin, v->data + begin, end - begin);
+        });
+      }
+      dst += bytes;
     }
   }
 
@@ -50,6 +66,7 @@ class HostExpertStore {
   }
 
  private:
+  static constexpr uint64_t kCopyChunk = 1 << 20;
   const ModelWeights& weights_;
   ExpertSpace space_;
 };

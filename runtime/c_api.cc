@@ -9,6 +9,7 @@
 #include <memory>
 #include <new>
 #include <string>
+#include <vector>
 
 #include "memory/expert_cache.h"
 #include "predictor/trace_io.h"
@@ -247,6 +248,26 @@ moe_status moe_evaluate(moe_context* context, int32_t sequence, const int32_t* t
   }
   const moe::SequenceTokens entry{sequence, {tokens, n}};
   return FromStatus(context->engine->Evaluate({&entry, 1}, false, {logits_out, vocab}));
+}
+
+moe_status moe_evaluate_batch(moe_context* context, const moe_sequence_tokens* entries,
+                              size_t n_entries, float* logits_out, size_t logits_capacity) {
+  MOE_C_REQUIRE(context != nullptr, "moe_evaluate_batch: context is NULL");
+  MOE_C_REQUIRE(entries != nullptr && n_entries > 0, "moe_evaluate_batch: no entries");
+  MOE_C_REQUIRE(logits_out != nullptr, "moe_evaluate_batch: logits_out is NULL");
+  const size_t vocab = static_cast<size_t>(context->engine->model().config.vocab_size);
+  if (logits_capacity / vocab < n_entries) {
+    return Fail(MOE_OUT_OF_RANGE,
+                fmt::format("moe_evaluate_batch: logits buffer holds {} floats, {} entries need {}",
+                            logits_capacity, n_entries, n_entries * vocab));
+  }
+  std::vector<moe::SequenceTokens> batch;
+  for (size_t i = 0; i < n_entries; ++i) {
+    MOE_C_REQUIRE(entries[i].tokens != nullptr && entries[i].n > 0,
+                  "moe_evaluate_batch: entry {} has no tokens", i);
+    batch.push_back({entries[i].sequence, {entries[i].tokens, entries[i].n}});
+  }
+  return FromStatus(context->engine->Evaluate(batch, false, {logits_out, n_entries * vocab}));
 }
 
 moe_status moe_sequence_reset(moe_context* context, int32_t sequence) {

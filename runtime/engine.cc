@@ -265,7 +265,8 @@ absl::Status Engine::Impl::MoeBlock(int32_t layer, int64_t n) {
         for (const AcquiredExpert& a : acquired) {
           if (!a.loaded) continue;
           const auto start = Clock::now();
-          store->CopyToSlot(a.key, *device, slots.data() + uint64_t(a.slot) * expert_bytes);
+          store->CopyToSlot(a.key, *device, slots.data() + uint64_t(a.slot) * expert_bytes,
+                            pool.get());
           const double s = SecondsSince(start);
           (n > 1 ? stats.prefill : stats.decode).load_seconds += s;
         }

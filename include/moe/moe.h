@@ -135,6 +135,17 @@ MOE_API void moe_context_free(moe_context* context);
  * (vocab_size floats) to logits_out, whose capacity must be >= vocab_size. */
 MOE_API moe_status moe_evaluate(moe_context* context, int32_t sequence, const int32_t* tokens,
                                 size_t n, float* logits_out, size_t logits_capacity);
+/* Several sequences at once (distinct ids): prompts run as prefill steps, and every one-token
+ * entry joins one decode step (continuous batching). logits_out receives the logits of each
+ * entry's last token, in entry order: n_entries x vocab_size floats. */
+typedef struct moe_sequence_tokens {
+  int32_t sequence;
+  const int32_t* tokens;
+  size_t n;
+} moe_sequence_tokens;
+MOE_API moe_status moe_evaluate_batch(moe_context* context, const moe_sequence_tokens* entries,
+                                      size_t n_entries, float* logits_out,
+                                      size_t logits_capacity);
 /* Forgets a sequence's tokens. */
 MOE_API moe_status moe_sequence_reset(moe_context* context, int32_t sequence);
 /* Tokens held in a sequence's context. */

@@ -31,24 +31,29 @@ bool DetectAvx2() {
 
 }  // namespace
 
-const KernelTable& ActiveKernels() {
-#if defined(MOE_CPU_KERNELS_AVX2)
-  static const bool has_avx2 = DetectAvx2();
-  if (has_avx2 && !g_force_scalar.load(std::memory_order_relaxed)) return kAvx2Kernels;
-#endif
-  return kScalarKernels;
-}
-
 }  // namespace internal
-
-void ForceScalarKernelsForTesting(bool force) {
-  internal::g_force_scalar.store(force, std::memory_order_relaxed);
-}
 
 bool CpuSupportsAvx2Kernels() {
   static const bool has_avx2 = internal::DetectAvx2();
   return has_avx2;
 }
+
+void ForceScalarKernelsForTesting(bool force) {
+  internal::g_force_scalar.store(force, std::memory_order_relaxed);
+}
+
+namespace internal {
+
+const KernelTable& ActiveKernels() {
+#if defined(MOE_CPU_KERNELS_AVX2)
+  if (CpuSupportsAvx2Kernels() && !g_force_scalar.load(std::memory_order_relaxed)) {
+    return kAvx2Kernels;
+  }
+#endif
+  return kScalarKernels;
+}
+
+}  // namespace internal
 
 bool UsingAvx2() { return &internal::ActiveKernels() != &internal::kScalarKernels; }
 

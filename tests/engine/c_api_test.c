@@ -100,6 +100,34 @@ int main(void) {
   CHECK_STATUS(moe_context_create(NULL, &params, &ctx), MOE_INVALID_ARGUMENT);
   CHECK_STATUS(moe_context_create(model, &params, &ctx), MOE_OK);
   if (ctx == NULL) return 1;
+  /* Two sequences in one call; each gets the logits it would get alone. */
+  {
+    moe_context* two = NULL;
+    moe_context_params p2 = moe_context_default_params();
+    p2.max_sequences = 2;
+    CHECK_STATUS(moe_context_create(model, &p2, &two), MOE_OK);
+    float* both = malloc(sizeof(float) * 2000);
+    float* alone = malloc(sizeof(float) * 1000);
+    moe_sequence_tokens entries[2] = {{0, ids, n}, {1, ids, 2}};
+    CHECK_STATUS(moe_evaluate_batch(two, entries, 2, both, 1999), MOE_OUT_OF_RANGE);
+    CHECK_STATUS(moe_evaluate_batch(two, entries, 2, both, 2000), MOE_OK);
+    CHECK_STATUS(moe_evaluate(ctx, 0, ids, 2, alone, 1000), MOE_OK);
+    float worst = 0;
+    for (int i = 0; i < 1000; ++i) {
+      const float d = both[1000 + i] - alone[i];
+      if (d > worst) worst = d;
+      if (-d > worst) worst = -d;
+    }
+    CHECK(worst < 1e-4f);
+    CHECK_STATUS(moe_sequence_reset(ctx, 0), MOE_OK);
+    moe_sequence_tokens twice[2] = {{0, ids, 1}, {0, ids, 1}};
+    CHECK_STATUS(moe_evaluate_batch(two, twice, 2, both, 2000), MOE_INVALID_ARGUMENT);
+    CHECK(strstr(moe_last_error(), "twice") != NULL);
+    CHECK_STATUS(moe_evaluate_batch(two, NULL, 0, both, 2000), MOE_INVALID_ARGUMENT);
+    free(both);
+    free(alone);
+    moe_context_free(two);
+  }
   moe_model_free(model); /* the context keeps it alive */
   model = NULL;
 

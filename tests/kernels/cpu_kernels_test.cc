@@ -133,7 +133,8 @@ TEST_P(KernelsTest, LinearMatchesReference) {
   for (DType dtype : kAllDTypes) {
     for (const Shape& s : shapes) {
       const TestWeight w = MakeWeight(dtype, s.rows, s.cols, seed++);
-      for (int64_t n : {1, 2, 3, 4, 5, 7, 33}) {
+      // Decode (n <= 4), small-batch (<= 48) and blocked (larger) paths.
+      for (int64_t n : {1, 2, 3, 4, 5, 7, 33, 49, 65}) {
         SCOPED_TRACE(kernel_testing::DTypeLabel(dtype) + " rows " + std::to_string(s.rows) +
                      " cols " + std::to_string(s.cols) + " n " + std::to_string(n));
         const std::vector<float> x = RandomVector(static_cast<size_t>(n * s.cols), seed++);
@@ -154,12 +155,13 @@ TEST_P(KernelsTest, LinearWithZeroColumnsWritesZeros) {
   }
 }
 
+// 1100 columns cross the 1024-column blocks of the batched path; 301 rows split unevenly.
 TEST_P(KernelsTest, LinearIsIdenticalForAnyThreadCount) {
   ThreadPool pool1(1), pool2(2), pool3(3);
   uint32_t seed = 100;
   for (DType dtype : kAllDTypes) {
     const TestWeight w = MakeWeight(dtype, 301, 1100, seed++);
-    for (int64_t n : {1, 2, 3, 4, 7, 33}) {
+    for (int64_t n : {1, 2, 3, 4, 7, 33, 50}) {
       SCOPED_TRACE(kernel_testing::DTypeLabel(dtype) + " n " + std::to_string(n));
       const std::vector<float> x = RandomVector(static_cast<size_t>(n * 1100), seed++);
       std::vector<float> y0(static_cast<size_t>(n * 301)), y1 = y0, y2 = y0, y3 = y0;
@@ -188,7 +190,7 @@ TEST_P(KernelsTest, ExpertFfnMatchesReferenceAndIsThreadInvariant) {
       const TestWeight gate = MakeWeight(dtype, s.inter, s.hidden, seed++);
       const TestWeight up = MakeWeight(dtype, s.inter, s.hidden, seed++);
       const TestWeight down = MakeWeight(dtype, s.hidden, s.inter, seed++);
-      for (int64_t n : {1, 3, 7, 33}) {
+      for (int64_t n : {1, 3, 7, 33, 50}) {
         SCOPED_TRACE(kernel_testing::DTypeLabel(dtype) + " H " + std::to_string(s.hidden) + " n " +
                      std::to_string(n));
         const std::vector<float> x = RandomVector(static_cast<size_t>(n * s.hidden), seed++, 2.0f);
@@ -481,7 +483,7 @@ TEST(KernelPathsTest, ScalarAndAvx2Agree) {
     const TestWeight gate = MakeWeight(dtype, inter, hidden, seed++);
     const TestWeight up = MakeWeight(dtype, inter, hidden, seed++);
     const TestWeight down = MakeWeight(dtype, hidden, inter, seed++);
-    for (int64_t n : {1, 4, 5, 32}) {
+    for (int64_t n : {1, 4, 5, 32, 64}) {
       SCOPED_TRACE(kernel_testing::DTypeLabel(dtype) + " n " + std::to_string(n));
       const std::vector<float> x = RandomVector(static_cast<size_t>(n * hidden), seed++);
       std::vector<float> a, s;
