@@ -9,9 +9,9 @@
 //                       (as offloaded experts do), not from the last-level cache.
 //   SgemmExpertFfn      the same expert FFN as three cblas_sgemm calls plus silu * mul (fp32
 //                       weights, same copies), only when built with OpenBLAS.
-//   Paired*             each iteration times ours and the reference back to back and reports
-//                       medians and their ratio: robust to load changes on a shared machine,
-//                       where separate cases can run minutes apart.
+//   Paired*             alternates ours and the reference within one case and reports medians
+//                       and their ratio: robust to load changes on a shared machine, where
+//                       separate cases can run minutes apart.
 // Counters (from wall time): weight_GBps (weight bytes per second), GFLOPs, pct_of_bw
 // (weight_GBps as a percentage of the MemoryBandwidth case of the same run, when that ran first).
 //
@@ -306,7 +306,12 @@ void BM_SgemmExpertFfn(benchmark::State& state) {
   state.SetLabel(OpenBlasLabel());
 }
 
-constexpr int kOpenBlasIdleMs = 200;
+// Paired in blocks: kPairBlock calls of ours back to back, then kPairBlock sgemm calls, the
+// first call of each block not counted. Back to back because a call right after idling runs
+// ~1.5x slower on the development VM (clocks ramping up), and in blocks because OpenBLAS's
+// threads keep spinning for a while after a call and would slow down our next one.
+constexpr int kPairBlock = 5;
+constexpr int kOpenBlasIdleMs = 300;
 
 void BM_PairedExpertFfnVsSgemm(benchmark::State& state) {
   const int64_t n = state.range(0);
@@ -316,16 +321,16 @@ void BM_PairedExpertFfnVsSgemm(benchmark::State& state) {
   std::vector<double> ours, theirs;
   int c = 0;
   for (auto _ : state) {
-    auto t = Clock::now();
-    RunExpertFfn(set, c, n, b);
-    ours.push_back(Seconds(t));
-    c = (c + 1) % set.copies;
-    t = Clock::now();
-    sgemm.Run(set, c, b);
-    theirs.push_back(Seconds(t));
-    c = (c + 1) % set.copies;
-    // OpenBLAS's threads busy-wait after a call (2^28 cycles by default) and would take CPU
-    // from our pool in the next iteration; let them go to sleep first.
+    for (int i = 0; i < kPairBlock; ++i, c = (c + 1) % set.copies) {
+      const auto t = Clock::now();
+      RunExpertFfn(set, c, n, b);
+      if (i > 0) ours.push_back(Seconds(t));
+    }
+    for (int i = 0; i < kPairBlock; ++i, c = (c + 1) % set.copies) {
+      const auto t = Clock::now();
+      sgemm.Run(set, c, b);
+      if (i > 0) theirs.push_back(Seconds(t));
+    }
     state.PauseTiming();
     std::this_thread::sleep_for(std::chrono::milliseconds(kOpenBlasIdleMs));
     state.ResumeTiming();
@@ -390,7 +395,7 @@ BENCHMARK_CAPTURE(BM_PairedExpertFfnVsBandwidth, f32, DType::kF32)
 BENCHMARK(BM_SgemmExpertFfn)->Arg(1)->Arg(32)->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK(BM_PairedExpertFfnVsSgemm)
     ->Arg(32)
-    ->Iterations(20)
+    ->Iterations(8)
     ->Unit(benchmark::kMicrosecond)
     ->UseRealTime();
 #endif

@@ -19,7 +19,7 @@
 //  * large batches (prefill): weight rows are taken a block at a time (kRowBlock rows x kKc
 //    columns), converted to fp32 once into a padded stack buffer, and every token is multiplied
 //    against the block with the same 3 x 4 tile: x is then read per block of columns, not per
-//    3 rows. The next block is prefetched while this one is converted.
+//    3 rows. (Software prefetch of the next block measured no gain here.)
 // Each weight byte is read from memory once per call in all three. Every (row, token) sum is
 // accumulated and reduced in a fixed order that depends only on (n, cols), so results do not
 // depend on how rows were split across threads.
@@ -310,31 +310,16 @@ inline void TokenGroup(const float* wp, int64_t ldw, int64_t rows, const float* 
   }
 }
 
-// Converts (or copies, for fp32) rows x len weights into out (row stride ldo), and meanwhile
-// prefetches the block that will be converted next: row r of it starts at address next + r *
-// ldw elements and spans next_bytes bytes (rows >= next_rows: nothing). Reading a block is a
-// dozen short row segments, which the hardware prefetchers do not run ahead of: without this,
-// converting waits on DRAM latency and costs as much as the FMAs at batch 32 (3x at batch 8).
+// Converts (or copies, for fp32) rows x len weights into out (row stride ldo).
 template <class D>
 void ConvertBlock(const typename D::Elem* w, int64_t ldw, int64_t rows, int64_t len, float* out,
-                  int64_t ldo, uintptr_t next, int64_t next_rows, int64_t next_bytes) {
-  constexpr int64_t kElem = sizeof(typename D::Elem);
-  constexpr int64_t kLine = 64 / kElem;  // elements per cache line
+                  int64_t ldo) {
   for (int64_t r = 0; r < rows; ++r) {
     const typename D::Elem* src = w + r * ldw;
     float* dst = out + r * ldo;
-    uintptr_t pf = next + static_cast<uintptr_t>(r * ldw * kElem);
-    const uintptr_t pf_end = r < next_rows ? pf + static_cast<uintptr_t>(next_bytes) : pf;
     int64_t k = 0;
-    for (; k + kLine <= len; k += kLine) {
-      if (pf < pf_end) _mm_prefetch(reinterpret_cast<const char*>(pf), _MM_HINT_T0);
-      pf += 64;
-#pragma GCC unroll 4
-      for (int64_t j = 0; j < kLine; j += 8) _mm256_storeu_ps(dst + k + j, Load8<D>(src + k + j));
-    }
     for (; k + 8 <= len; k += 8) _mm256_storeu_ps(dst + k, Load8<D>(src + k));
     for (; k < len; ++k) dst[k] = Load1<D>(src + k);
-    for (; pf < pf_end; pf += 64) _mm_prefetch(reinterpret_cast<const char*>(pf), _MM_HINT_T0);
   }
 }
 
@@ -342,22 +327,12 @@ void ConvertBlock(const typename D::Elem* w, int64_t ldw, int64_t rows, int64_t 
 template <class D>
 void GemmRows(const float* x, int64_t n, const typename D::Elem* w, int64_t cols, int64_t rows,
               int64_t r0, int64_t r1, float* y) {
-  constexpr int64_t kElem = sizeof(typename D::Elem);
   alignas(64) float buf[kRowBlock * kLdb];
   for (int64_t rb = r0; rb < r1; rb += kRowBlock) {
     const int64_t block_rows = Min(kRowBlock, r1 - rb);
     for (int64_t k0 = 0; k0 < cols; k0 += kKc) {
       const int64_t len = Min(kKc, cols - k0);
-      // The next block: the next columns of these rows, else the first columns of the next rows.
-      int64_t next_rb = rb, next_k0 = k0 + kKc;
-      if (next_k0 >= cols) {
-        next_rb = rb + kRowBlock;
-        next_k0 = 0;
-      }
-      const int64_t next_rows = next_rb < r1 ? Min(kRowBlock, r1 - next_rb) : 0;
-      ConvertBlock<D>(w + rb * cols + k0, cols, block_rows, len, buf, kLdb,
-                      reinterpret_cast<uintptr_t>(w) + (next_rb * cols + next_k0) * kElem,
-                      next_rows, Min(kKc, cols - next_k0) * kElem);
+      ConvertBlock<D>(w + rb * cols + k0, cols, block_rows, len, buf, kLdb);
       const bool first = k0 == 0;
       const float* xk = x + k0;
       float* yb = y + rb;

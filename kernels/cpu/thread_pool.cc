@@ -10,15 +10,20 @@
 namespace moe::cpu {
 namespace {
 
-// True on pool workers, and on a calling thread while it runs its own chunk. A ParallelFor
-// issued from such a thread runs inline: a worker that waited for its own pool's workers could
-// deadlock, and the outer call already keeps every thread busy.
+// True on pool workers, and on a calling thread while it runs chunks. A ParallelFor issued from
+// such a thread runs inline: a worker that waited for its own pool's workers could deadlock, and
+// the outer call already keeps every thread busy.
 thread_local bool tls_in_parallel_for = false;
 
-// How long an idle thread spins before sleeping on the condition variable. Kernels issue
-// ParallelFor calls back to back (a model layer is a dozen of them), and waking a sleeping thread
-// costs a futex round trip (tens of microseconds in a VM), comparable to a decode GEMV. A
-// short spin keeps that latency off the hot path without burning a core when the pool is idle.
+// Chunks per thread. More chunks than threads, claimed dynamically, let the threads that run
+// take over the work of one that is descheduled or slow to wake (other processes, SMT
+// siblings): with exactly one chunk per thread, every call waits for the slowest thread.
+constexpr int64_t kChunksPerThread = 4;
+
+// How long an idle thread spins before sleeping on a condition variable. Kernels issue
+// ParallelFor calls back to back (a model layer is a dozen of them), and waking a sleeping
+// thread costs a futex round trip (tens of microseconds in a VM), comparable to a decode GEMV.
+// A short spin keeps that latency off the hot path without burning a core when the pool idles.
 constexpr std::chrono::microseconds kSpinBudget(50);
 
 inline void CpuRelax() {
@@ -49,35 +54,61 @@ inline int64_t ChunkBegin(int64_t n, int64_t chunks, int64_t c) { return n * c /
 }  // namespace
 
 struct ThreadPool::Impl {
+  using Fn = std::function<void(int64_t, int64_t)>;
+
   int num_threads = 1;
   std::vector<std::thread> workers;
 
   std::mutex call_mu;  // serialises ParallelFor calls from different threads
 
-  // The current job. Written by the caller under `mu` before it bumps `generation`; workers
+  // The current job. The caller writes it under `mu` and then bumps `generation`; workers
   // snapshot it under `mu`, so a worker never mixes the fields of two jobs.
   std::mutex mu;
-  std::condition_variable work_cv;  // generation changed or stop
+  std::condition_variable work_cv;  // generation changed, or stop
   std::condition_variable done_cv;  // pending reached zero
-  const std::function<void(int64_t, int64_t)>* fn = nullptr;
+  const Fn* fn = nullptr;
   int64_t n = 0;
   int64_t num_chunks = 0;
   bool stop = false;
   std::atomic<uint64_t> generation{0};
-  // Worker chunks of the current job not yet finished. Only workers that own a chunk
-  // (index < num_chunks) touch it, so the caller waits exactly for them; a worker without a
-  // chunk may skip a generation, which is harmless because no job waits for it.
+  // (generation << 32) | next unclaimed chunk. Claiming compares the generation, so a worker
+  // still holding a finished job's snapshot can never claim (and run with a stale fn) a chunk of
+  // the next job.
+  std::atomic<uint64_t> cursor{0};
+  // Chunks of the current job not finished; the caller returns when it reaches zero, so fn is
+  // never called after ParallelFor returned.
   std::atomic<int64_t> pending{0};
 
-  void WorkerLoop(int index);
+  // Claims and runs chunks of job `gen` until none is left.
+  void RunChunks(uint64_t gen, const Fn& job_fn, int64_t job_n, int64_t job_chunks);
+  void WorkerLoop();
 };
 
-void ThreadPool::Impl::WorkerLoop(int index) {
+void ThreadPool::Impl::RunChunks(uint64_t gen, const Fn& job_fn, int64_t job_n,
+                                 int64_t job_chunks) {
+  const uint64_t tag = gen << 32;
+  for (;;) {
+    uint64_t cur = cursor.load(std::memory_order_acquire);
+    do {
+      if ((cur & ~uint64_t{0xFFFFFFFF}) != tag) return;
+      if (static_cast<int64_t>(cur & 0xFFFFFFFF) >= job_chunks) return;
+    } while (!cursor.compare_exchange_weak(cur, cur + 1, std::memory_order_acq_rel));
+    const int64_t c = static_cast<int64_t>(cur & 0xFFFFFFFF);
+    job_fn(ChunkBegin(job_n, job_chunks, c), ChunkBegin(job_n, job_chunks, c + 1));
+    if (pending.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      // Notify under the mutex: the caller checks `pending` under it before sleeping.
+      std::lock_guard<std::mutex> lock(mu);
+      done_cv.notify_one();
+    }
+  }
+}
+
+void ThreadPool::Impl::WorkerLoop() {
   tls_in_parallel_for = true;
   uint64_t seen = 0;
   for (;;) {
     SpinUntil([&] { return generation.load(std::memory_order_acquire) != seen; });
-    const std::function<void(int64_t, int64_t)>* job_fn;
+    const Fn* job_fn;
     int64_t job_n;
     int64_t job_chunks;
     {
@@ -90,13 +121,7 @@ void ThreadPool::Impl::WorkerLoop(int index) {
       job_n = n;
       job_chunks = num_chunks;
     }
-    if (index >= job_chunks) continue;
-    (*job_fn)(ChunkBegin(job_n, job_chunks, index), ChunkBegin(job_n, job_chunks, index + 1));
-    if (pending.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-      // Notify under the mutex: the caller checks `pending` under it before sleeping.
-      std::lock_guard<std::mutex> lock(mu);
-      done_cv.notify_one();
-    }
+    RunChunks(seen, *job_fn, job_n, job_chunks);
   }
 }
 
@@ -106,7 +131,7 @@ ThreadPool::ThreadPool(int num_threads) : impl_(std::make_unique<Impl>()) {
   impl_->num_threads = num_threads;
   impl_->workers.reserve(static_cast<size_t>(num_threads - 1));
   for (int i = 1; i < num_threads; ++i) {
-    impl_->workers.emplace_back([impl = impl_.get(), i] { impl->WorkerLoop(i); });
+    impl_->workers.emplace_back([impl = impl_.get()] { impl->WorkerLoop(); });
   }
 }
 
@@ -125,10 +150,11 @@ void ThreadPool::ParallelFor(int64_t n, int64_t grain,
                              const std::function<void(int64_t, int64_t)>& fn) {
   if (n <= 0) return;
   if (grain < 1) grain = 1;
-  // As many chunks as threads, but none smaller than `grain`.
+  // Chunks of at least `grain` items, at most kChunksPerThread per thread.
   int64_t chunks = n / grain;
-  if (chunks > impl_->num_threads) chunks = impl_->num_threads;
-  if (chunks <= 1) {
+  if (chunks > kChunksPerThread * impl_->num_threads)
+    chunks = kChunksPerThread * impl_->num_threads;
+  if (impl_->num_threads <= 1 || chunks <= 1) {
     fn(0, n);
     return;
   }
@@ -139,19 +165,24 @@ void ThreadPool::ParallelFor(int64_t n, int64_t grain,
   }
 
   std::lock_guard<std::mutex> call_lock(impl_->call_mu);
+  uint64_t gen;
   {
     std::lock_guard<std::mutex> lock(impl_->mu);
     impl_->fn = &fn;
     impl_->n = n;
     impl_->num_chunks = chunks;
-    impl_->pending.store(chunks - 1, std::memory_order_relaxed);
-    impl_->generation.fetch_add(1, std::memory_order_release);
+    impl_->pending.store(chunks, std::memory_order_relaxed);
+    // Generations are 32-bit inside `cursor`; wrapping is harmless (a worker is never four
+    // billion jobs behind).
+    gen = (impl_->generation.load(std::memory_order_relaxed) + 1) & 0xFFFFFFFF;
+    impl_->cursor.store(gen << 32, std::memory_order_relaxed);
+    impl_->generation.store(gen, std::memory_order_release);
   }
   impl_->work_cv.notify_all();
 
-  // The caller takes chunk 0.
+  // The caller claims chunks too.
   tls_in_parallel_for = true;
-  fn(0, ChunkBegin(n, chunks, 1));
+  impl_->RunChunks(gen, fn, n, chunks);
   tls_in_parallel_for = false;
 
   auto done = [this] { return impl_->pending.load(std::memory_order_acquire) == 0; };

@@ -4,8 +4,10 @@
 // (bytes of weights read per token / bandwidth).
 //   moe-decode-bench --model DIR [--tokens 32] [--budgets 100,50] [--repeats 3]
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstring>
+#include <fstream>
 #include <iostream>
 #include <numeric>
 #include <vector>
@@ -56,12 +58,27 @@ double MeasureReadBandwidth(cpu::ThreadPool& pool, uint64_t bytes, int repeats) 
   return Median(rates);
 }
 
+// Resident memory of this process by kind, in bytes, from /proc/self/status (0 when absent).
+uint64_t ProcStatusBytes(const std::string& field) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(field + ":", 0) == 0) {
+      return std::strtoull(line.c_str() + field.size() + 1, nullptr, 10) * 1024;
+    }
+  }
+  return 0;
+}
+
 struct Row {
   std::string budget;
   double tokens_per_s = 0;
   double hit_rate = 0;
   double bytes_per_token = 0;  // weights read
   double copy_bytes_per_token = 0;
+  uint64_t anon_rss = 0;  // after the run: device arena + activations + process
+  uint64_t file_rss = 0;  // the mapped checkpoint pages
+  uint64_t arena = 0;     // device capacity
 };
 
 int Main(int argc, char** argv) {
@@ -100,13 +117,13 @@ int Main(int argc, char** argv) {
         const auto data = file->Data(t);
         const auto* words = reinterpret_cast<const uint64_t*>(data.data());
         const int64_t n = static_cast<int64_t>(data.size() / 8);
-        std::vector<uint64_t> partial(static_cast<size_t>(pool.num_threads()) * 8, 0);
+        std::atomic<uint64_t> folded{0};
         pool.ParallelFor(n, 1 << 16, [&](int64_t b, int64_t e) {
           uint64_t x = 0;
           for (int64_t i = b; i < e; ++i) x ^= words[i];
-          partial[(b >> 16) % partial.size()] ^= x;
+          folded.fetch_xor(x, std::memory_order_relaxed);
         });
-        for (uint64_t x : partial) checksum += static_cast<double>(x & 1);
+        checksum += static_cast<double>(folded.load() & 0xFF);
       }
     }
     const double touch_s = std::chrono::duration<double>(Clock::now() - touch_start).count();
@@ -167,6 +184,9 @@ int Main(int argc, char** argv) {
       row.bytes_per_token = bytes_per_token;
       row.copy_bytes_per_token =
           double(after.cache.bytes_loaded - before.cache.bytes_loaded) / double(tokens);
+      row.anon_rss = ProcStatusBytes("RssAnon");
+      row.file_rss = ProcStatusBytes("RssFile");
+      row.arena = after.device.capacity_bytes;
       rows.push_back(row);
     }
     std::cout << fmt::format(
@@ -188,6 +208,15 @@ int Main(int argc, char** argv) {
                                r.budget, r.tokens_per_s, 100 * r.tokens_per_s / bound, r.hit_rate,
                                r.copy_bytes_per_token / 1e6,
                                100 * r.tokens_per_s / bound_with_copies);
+    }
+    std::cout << fmt::format("\nhost memory after each run (one copy of the weights: the mapped "
+                             "checkpoint; the anonymous memory is the device arena + the 1 GiB "
+                             "bandwidth buffer's pages, freed, + the process):\n");
+    for (const Row& r : rows) {
+      std::cout << fmt::format("{:>8}  file-backed {:.1f} MB (checkpoint {:.1f} MB), anonymous "
+                               "{:.1f} MB (device arena {:.1f} MB)\n",
+                               r.budget, r.file_rss / 1e6, checkpoint_gb * 1e3, r.anon_rss / 1e6,
+                               r.arena / 1e6);
     }
     return absl::OkStatus();
   };
