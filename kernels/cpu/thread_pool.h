@@ -2,10 +2,10 @@
 //
 // ParallelFor splits [0, n) into contiguous chunks of at least `grain` items and runs
 // fn(begin, end) on the pool's workers and the calling thread; it returns when every chunk is
-// done. (There are up to 4 chunks per thread, claimed dynamically, so a slow thread does not
-// hold up the others; which thread runs which chunk varies.) With one thread (or n <= grain) it runs inline on the caller. Chunks are deterministic
+// done. With one thread (or n <= grain) it runs inline on the caller. Chunks are deterministic
 // for a given (n, grain, num_threads), so results do not depend on scheduling as long as each
-// chunk writes only its own outputs.
+// chunk writes only its own outputs. (There are up to 4 chunks per thread, claimed dynamically,
+// so one slow thread does not hold up the others; which thread runs which chunk varies.)
 //
 // Thread-safety: ParallelFor may be called from one thread at a time per pool (calls from
 // several threads serialise on an internal mutex). Nested ParallelFor from inside fn runs inline.
