@@ -40,14 +40,30 @@ moe_status FromStatus(const absl::Status& status) {
   if (status.ok()) return MOE_OK;
   moe_status code;
   switch (status.code()) {
-    case absl::StatusCode::kInvalidArgument: code = MOE_INVALID_ARGUMENT; break;
-    case absl::StatusCode::kNotFound: code = MOE_NOT_FOUND; break;
-    case absl::StatusCode::kOutOfRange: code = MOE_OUT_OF_RANGE; break;
-    case absl::StatusCode::kResourceExhausted: code = MOE_RESOURCE_EXHAUSTED; break;
-    case absl::StatusCode::kDataLoss: code = MOE_DATA_LOSS; break;
-    case absl::StatusCode::kFailedPrecondition: code = MOE_FAILED_PRECONDITION; break;
-    case absl::StatusCode::kUnimplemented: code = MOE_UNIMPLEMENTED; break;
-    default: code = MOE_INTERNAL; break;
+    case absl::StatusCode::kInvalidArgument:
+      code = MOE_INVALID_ARGUMENT;
+      break;
+    case absl::StatusCode::kNotFound:
+      code = MOE_NOT_FOUND;
+      break;
+    case absl::StatusCode::kOutOfRange:
+      code = MOE_OUT_OF_RANGE;
+      break;
+    case absl::StatusCode::kResourceExhausted:
+      code = MOE_RESOURCE_EXHAUSTED;
+      break;
+    case absl::StatusCode::kDataLoss:
+      code = MOE_DATA_LOSS;
+      break;
+    case absl::StatusCode::kFailedPrecondition:
+      code = MOE_FAILED_PRECONDITION;
+      break;
+    case absl::StatusCode::kUnimplemented:
+      code = MOE_UNIMPLEMENTED;
+      break;
+    default:
+      code = MOE_INTERNAL;
+      break;
   }
   return Fail(code, std::string(status.message()));
 }
@@ -66,15 +82,24 @@ const char* moe_version(void) { return MOE_VERSION_STRING; }
 
 const char* moe_status_name(moe_status status) {
   switch (status) {
-    case MOE_OK: return "ok";
-    case MOE_INVALID_ARGUMENT: return "invalid argument";
-    case MOE_NOT_FOUND: return "not found";
-    case MOE_OUT_OF_RANGE: return "out of range";
-    case MOE_RESOURCE_EXHAUSTED: return "resource exhausted";
-    case MOE_DATA_LOSS: return "data loss";
-    case MOE_FAILED_PRECONDITION: return "failed precondition";
-    case MOE_UNIMPLEMENTED: return "unimplemented";
-    case MOE_INTERNAL: return "internal";
+    case MOE_OK:
+      return "ok";
+    case MOE_INVALID_ARGUMENT:
+      return "invalid argument";
+    case MOE_NOT_FOUND:
+      return "not found";
+    case MOE_OUT_OF_RANGE:
+      return "out of range";
+    case MOE_RESOURCE_EXHAUSTED:
+      return "resource exhausted";
+    case MOE_DATA_LOSS:
+      return "data loss";
+    case MOE_FAILED_PRECONDITION:
+      return "failed precondition";
+    case MOE_UNIMPLEMENTED:
+      return "unimplemented";
+    case MOE_INTERNAL:
+      return "internal";
   }
   return "unknown status";
 }
@@ -91,7 +116,8 @@ void moe_set_log_callback(moe_log_callback callback, void* user_data, int32_t mi
   }
   moe::SetLogSink([](moe::LogLevel level, std::string_view message) {
     const std::string text(message);
-    if (log_callback != nullptr) log_callback(static_cast<int32_t>(level), text.c_str(), log_user_data);
+    if (log_callback != nullptr)
+      log_callback(static_cast<int32_t>(level), text.c_str(), log_user_data);
   });
 }
 
@@ -131,17 +157,17 @@ moe_status moe_model_get_info(const moe_model* model, moe_model_info* info_out) 
   return MOE_OK;
 }
 
-moe_status moe_tokenize(const moe_model* model, const char* text, size_t text_len,
-                        int32_t add_bos, int32_t* ids_out, size_t capacity, size_t* n_out) {
+moe_status moe_tokenize(const moe_model* model, const char* text, size_t text_len, int32_t add_bos,
+                        int32_t* ids_out, size_t capacity, size_t* n_out) {
   MOE_C_REQUIRE(model != nullptr, "moe_tokenize: model is NULL");
   MOE_C_REQUIRE(text != nullptr || text_len == 0, "moe_tokenize: text is NULL");
   MOE_C_REQUIRE(n_out != nullptr, "moe_tokenize: n_out is NULL");
   MOE_C_REQUIRE(ids_out != nullptr || capacity == 0, "moe_tokenize: ids_out is NULL");
   const moe::Tokenizer* tok = model->model->tokenizer.get();
   if (tok == nullptr) {
-    return Fail(MOE_FAILED_PRECONDITION,
-                fmt::format("{}: the model has no tokenizer.model; pass token ids",
-                            model->model->dir));
+    return Fail(
+        MOE_FAILED_PRECONDITION,
+        fmt::format("{}: the model has no tokenizer.model; pass token ids", model->model->dir));
   }
   auto ids = tok->Encode(std::string_view(text == nullptr ? "" : text, text_len));
   if (!ids.ok()) return FromStatus(ids.status());
@@ -275,8 +301,7 @@ moe_status moe_sequence_reset(moe_context* context, int32_t sequence) {
   return FromStatus(context->engine->ResetSequence(sequence));
 }
 
-moe_status moe_sequence_length(const moe_context* context, int32_t sequence,
-                               int64_t* length_out) {
+moe_status moe_sequence_length(const moe_context* context, int32_t sequence, int64_t* length_out) {
   MOE_C_REQUIRE(context != nullptr, "moe_sequence_length: context is NULL");
   MOE_C_REQUIRE(length_out != nullptr, "moe_sequence_length: length_out is NULL");
   const int64_t len = context->engine->SequenceLength(sequence);
@@ -301,9 +326,9 @@ moe_generate_params moe_generate_default_params(void) {
 }
 
 moe_status moe_generate(moe_context* context, int32_t sequence, const int32_t* prompt,
-                        size_t prompt_len, const moe_generate_params* params,
-                        int32_t* tokens_out, size_t capacity, size_t* n_out,
-                        moe_token_callback callback, void* user_data) {
+                        size_t prompt_len, const moe_generate_params* params, int32_t* tokens_out,
+                        size_t capacity, size_t* n_out, moe_token_callback callback,
+                        void* user_data) {
   MOE_C_REQUIRE(context != nullptr, "moe_generate: context is NULL");
   MOE_C_REQUIRE(prompt != nullptr && prompt_len > 0, "moe_generate: empty prompt");
   MOE_C_REQUIRE(n_out != nullptr, "moe_generate: n_out is NULL");
@@ -324,7 +349,8 @@ moe_status moe_generate(moe_context* context, int32_t sequence, const int32_t* p
   options.sampling = {p.temperature, p.top_k, p.top_p, p.seed};
   const moe::Model& model = context->engine->model();
   if (p.stop_at_eos != 0) {
-    for (int64_t id : model.config.eos_token_ids) options.stop_ids.push_back(static_cast<int32_t>(id));
+    for (int64_t id : model.config.eos_token_ids)
+      options.stop_ids.push_back(static_cast<int32_t>(id));
     if (model.tokenizer != nullptr && model.tokenizer->eos_id() >= 0) {
       options.stop_ids.push_back(model.tokenizer->eos_id());
     }

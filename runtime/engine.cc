@@ -170,10 +170,22 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Mod
   m.pool = std::make_unique<cpu::ThreadPool>(options.num_threads);
   const int64_t threads = m.pool->num_threads();
   // Offsets (in floats, each aligned) of the activation buffers inside one allocation.
-  const int64_t sizes[] = {T * H,          T * H,           T * m.q_dim,          T * m.kv_dim,
-                           T * m.kv_dim,   T * m.q_dim,     T * H,                T * cfg.num_experts,
-                           T * cfg.top_k,  T * H,           T * H,                2 * T * ffn,
-                           T * H,          T,               T * cfg.vocab_size,   threads * max_context,
+  const int64_t sizes[] = {T * H,
+                           T * H,
+                           T * m.q_dim,
+                           T * m.kv_dim,
+                           T * m.kv_dim,
+                           T * m.q_dim,
+                           T * H,
+                           T * cfg.num_experts,
+                           T * cfg.top_k,
+                           T * H,
+                           T * H,
+                           2 * T * ffn,
+                           T * H,
+                           T,
+                           T * cfg.vocab_size,
+                           threads * max_context,
                            T * cfg.top_k};
   uint64_t activation_bytes = 0;
   for (int64_t s : sizes) activation_bytes += AlignUp(static_cast<uint64_t>(s) * 4);
@@ -364,8 +376,7 @@ absl::Status Engine::Impl::RunStep(std::span<const StepToken> tokens, bool all_l
   // Final norm and LM head: every token, or only the last one.
   const int64_t first = all_logits ? 0 : n - 1;
   const int64_t rows_out = n - first;
-  cpu::RmsNorm(x + first * H, rows_out, H, dev.final_norm, static_cast<float>(c.rms_norm_eps),
-               xn);
+  cpu::RmsNorm(x + first * H, rows_out, H, dev.final_norm, static_cast<float>(c.rms_norm_eps), xn);
   cpu::Linear(xn, rows_out, dev.lm_head, logits, pool.get());
   std::memcpy(logits_out, logits, static_cast<size_t>(rows_out * c.vocab_size) * sizeof(float));
 
@@ -426,8 +437,8 @@ absl::Status Engine::Evaluate(std::span<const SequenceTokens> batch, bool all_lo
       const int64_t end = std::min(total, begin + options_.prefill_chunk);
       step.clear();
       for (int64_t t = begin; t < end; ++t) {
-        step.push_back(StepToken{entry.sequence, m.seq_len[entry.sequence] + t,
-                                 entry.tokens[t], Phase::kPrefill});
+        step.push_back(StepToken{entry.sequence, m.seq_len[entry.sequence] + t, entry.tokens[t],
+                                 Phase::kPrefill});
       }
       const bool last_chunk = end == total;
       float* out = logits_out.data() + (out_row[i] + (all_logits ? begin : 0)) * V;
@@ -436,8 +447,7 @@ absl::Status Engine::Evaluate(std::span<const SequenceTokens> batch, bool all_lo
       } else {
         // Intermediate chunks only fill the KV cache; their last-token logits are discarded.
         std::vector<float> discard(V);
-        MOE_RETURN_IF_ERROR(
-            m.RunStep(step, false, max_context_, discard.data(), m.stats.prefill));
+        MOE_RETURN_IF_ERROR(m.RunStep(step, false, max_context_, discard.data(), m.stats.prefill));
       }
     }
     m.seq_len[entry.sequence] += total;

@@ -37,10 +37,10 @@ struct EngineOptions {
   uint64_t expert_budget_bytes = 0;  // device bytes for expert slots; 0: every expert
   std::string policy = "lru";
   CacheScope scope = CacheScope::kGlobal;
-  int32_t max_sequences = 1;   // KV cache slots (sequence ids 0 .. max_sequences-1)
-  int64_t max_context = 0;     // tokens per sequence; 0: min(max_position_embeddings, 4096)
-  int64_t prefill_chunk = 256; // tokens per prefill step
-  int32_t num_threads = 0;     // 0: all cores
+  int32_t max_sequences = 1;    // KV cache slots (sequence ids 0 .. max_sequences-1)
+  int64_t max_context = 0;      // tokens per sequence; 0: min(max_position_embeddings, 4096)
+  int64_t prefill_chunk = 256;  // tokens per prefill step
+  int32_t num_threads = 0;      // 0: all cores
 };
 
 struct PhaseStats {
@@ -55,10 +55,10 @@ struct EngineStats {
   PhaseStats prefill;
   PhaseStats decode;
   DeviceCounters device;
-  uint64_t expert_arena_bytes = 0;  // slots x expert_bytes
-  uint64_t non_expert_bytes = 0;    // device bytes holding the non-expert weights
+  uint64_t expert_arena_bytes = 0;     // slots x expert_bytes
+  uint64_t non_expert_bytes = 0;       // device bytes holding the non-expert weights
   uint64_t setup_bytes_to_device = 0;  // copied at Create (the weights), before any token
-  uint64_t activation_bytes = 0;    // activations + KV cache
+  uint64_t activation_bytes = 0;       // activations + KV cache
   int64_t expert_slots = 0;
 };
 

@@ -39,15 +39,15 @@ absl::StatusOr<std::shared_ptr<const Model>> Model::Load(const std::string& dir)
   if (std::filesystem::exists(tokenizer_path, ec)) {
     MOE_ASSIGN_OR_RETURN(model->tokenizer, Tokenizer::Load(tokenizer_path));
     if (model->tokenizer->vocab_size() > model->config.vocab_size) {
-      return InvalidArgument("{}: tokenizer has {} pieces, more than vocab_size {}",
-                             tokenizer_path, model->tokenizer->vocab_size(),
-                             model->config.vocab_size);
+      return InvalidArgument("{}: tokenizer has {} pieces, more than vocab_size {}", tokenizer_path,
+                             model->tokenizer->vocab_size(), model->config.vocab_size);
     }
   }
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  MOE_LOG(kInfo, "loaded {}: {} layers x {} experts, {:.1f} MB of experts, {:.1f} MB other, {:.2f} s",
-          dir, model->config.num_layers, model->config.num_experts,
+  MOE_LOG(kInfo,
+          "loaded {}: {} layers x {} experts, {:.1f} MB of experts, {:.1f} MB other, {:.2f} s", dir,
+          model->config.num_layers, model->config.num_experts,
           model->weights.expert_bytes * model->config.num_layers * model->config.num_experts / 1e6,
           model->weights.non_expert_bytes / 1e6, seconds);
   return std::shared_ptr<const Model>(std::move(model));

@@ -32,7 +32,8 @@ absl::StatusOr<std::vector<int32_t>> Tokenizer::Encode(std::string_view text) co
 absl::StatusOr<std::string> Tokenizer::Decode(std::span<const int32_t> ids) const {
   const int32_t n = vocab_size();
   for (int32_t id : ids) {
-    if (id < 0 || id >= n) return InvalidArgument("token id {} outside the vocabulary [0, {})", id, n);
+    if (id < 0 || id >= n)
+      return InvalidArgument("token id {} outside the vocabulary [0, {})", id, n);
   }
   std::string text;
   const std::string error = sp_->Decode(std::vector<int>(ids.begin(), ids.end()), &text);

@@ -42,14 +42,14 @@ extern "C" {
 
 typedef enum moe_status {
   MOE_OK = 0,
-  MOE_INVALID_ARGUMENT = 1,  /* a bad argument: NULL handle, bad size, out-of-range value */
-  MOE_NOT_FOUND = 2,         /* a file or directory does not exist */
-  MOE_OUT_OF_RANGE = 3,      /* an id, position or buffer size is outside what is allowed */
-  MOE_RESOURCE_EXHAUSTED = 4,/* a budget or memory limit is too small */
-  MOE_DATA_LOSS = 5,         /* a file is malformed (checkpoint, tokenizer, trace) */
-  MOE_FAILED_PRECONDITION = 6,/* the call is not valid in the object's state */
-  MOE_UNIMPLEMENTED = 7,     /* valid input this build cannot run */
-  MOE_INTERNAL = 8           /* a bug; please report it */
+  MOE_INVALID_ARGUMENT = 1,    /* a bad argument: NULL handle, bad size, out-of-range value */
+  MOE_NOT_FOUND = 2,           /* a file or directory does not exist */
+  MOE_OUT_OF_RANGE = 3,        /* an id, position or buffer size is outside what is allowed */
+  MOE_RESOURCE_EXHAUSTED = 4,  /* a budget or memory limit is too small */
+  MOE_DATA_LOSS = 5,           /* a file is malformed (checkpoint, tokenizer, trace) */
+  MOE_FAILED_PRECONDITION = 6, /* the call is not valid in the object's state */
+  MOE_UNIMPLEMENTED = 7,       /* valid input this build cannot run */
+  MOE_INTERNAL = 8             /* a bug; please report it */
 } moe_status;
 
 typedef struct moe_model moe_model;
@@ -64,8 +64,13 @@ MOE_API const char* moe_last_error(void);
 
 /* Log levels, and a sink for the library's log lines (NULL restores stderr). Lines below
  * min_level are dropped. */
-enum { MOE_LOG_DEBUG = 0, MOE_LOG_INFO = 1, MOE_LOG_WARNING = 2, MOE_LOG_ERROR = 3,
-       MOE_LOG_OFF = 4 };
+enum {
+  MOE_LOG_DEBUG = 0,
+  MOE_LOG_INFO = 1,
+  MOE_LOG_WARNING = 2,
+  MOE_LOG_ERROR = 3,
+  MOE_LOG_OFF = 4
+};
 typedef void (*moe_log_callback)(int32_t level, const char* message, void* user_data);
 MOE_API void moe_set_log_callback(moe_log_callback callback, void* user_data, int32_t min_level);
 
@@ -81,23 +86,22 @@ typedef struct moe_model_info {
   int32_t vocab_size;
   int32_t hidden_size;
   int32_t num_layers;
-  int32_t num_experts;   /* routed experts per layer */
+  int32_t num_experts; /* routed experts per layer */
   int32_t top_k;
   int32_t max_position;
-  uint64_t expert_bytes;      /* one routed expert */
-  uint64_t all_expert_bytes;  /* every routed expert */
+  uint64_t expert_bytes;     /* one routed expert */
+  uint64_t all_expert_bytes; /* every routed expert */
   uint64_t non_expert_bytes;
-  int32_t has_tokenizer;      /* 1 when tokenizer.model was loaded */
-  int32_t bos_id;             /* -1 when none */
-  int32_t eos_id;             /* -1 when none */
+  int32_t has_tokenizer; /* 1 when tokenizer.model was loaded */
+  int32_t bos_id;        /* -1 when none */
+  int32_t eos_id;        /* -1 when none */
 } moe_model_info;
 MOE_API moe_status moe_model_get_info(const moe_model* model, moe_model_info* info_out);
 
 /* Text -> ids with the model's tokenizer (MOE_FAILED_PRECONDITION without one). add_bos != 0
  * prepends the BOS id. When capacity is too small: MOE_OUT_OF_RANGE and *n_out = ids needed. */
 MOE_API moe_status moe_tokenize(const moe_model* model, const char* text, size_t text_len,
-                                int32_t add_bos, int32_t* ids_out, size_t capacity,
-                                size_t* n_out);
+                                int32_t add_bos, int32_t* ids_out, size_t capacity, size_t* n_out);
 /* Ids -> text, NUL-terminated. *len_out = length without the NUL. When capacity (bytes,
  * including the NUL) is too small: MOE_OUT_OF_RANGE and *len_out = length needed. */
 MOE_API moe_status moe_detokenize(const moe_model* model, const int32_t* ids, size_t n,
@@ -118,10 +122,10 @@ typedef struct moe_context_params {
   const char* cache_scope;
   /* "cpu" (default) or "auto". */
   const char* device;
-  int32_t max_sequences;  /* sequence ids 0 .. max_sequences-1; default 1 */
-  int32_t max_context;    /* tokens per sequence; 0 (default): min(max_position, 4096) */
-  int32_t prefill_chunk;  /* prompt tokens per prefill step; default 256 */
-  int32_t num_threads;    /* 0 (default): all cores */
+  int32_t max_sequences; /* sequence ids 0 .. max_sequences-1; default 1 */
+  int32_t max_context;   /* tokens per sequence; 0 (default): min(max_position, 4096) */
+  int32_t prefill_chunk; /* prompt tokens per prefill step; default 256 */
+  int32_t num_threads;   /* 0 (default): all cores */
 } moe_context_params;
 MOE_API moe_context_params moe_context_default_params(void);
 
@@ -144,8 +148,7 @@ typedef struct moe_sequence_tokens {
   size_t n;
 } moe_sequence_tokens;
 MOE_API moe_status moe_evaluate_batch(moe_context* context, const moe_sequence_tokens* entries,
-                                      size_t n_entries, float* logits_out,
-                                      size_t logits_capacity);
+                                      size_t n_entries, float* logits_out, size_t logits_capacity);
 /* Forgets a sequence's tokens. */
 MOE_API moe_status moe_sequence_reset(moe_context* context, int32_t sequence);
 /* Tokens held in a sequence's context. */
@@ -176,20 +179,20 @@ MOE_API moe_status moe_generate(moe_context* context, int32_t sequence, const in
 /* ---- statistics and traces -------------------------------------------------------------- */
 
 typedef struct moe_stats {
-  uint64_t expert_accesses;  /* one per distinct expert per layer per step */
+  uint64_t expert_accesses; /* one per distinct expert per layer per step */
   uint64_t expert_hits;
   uint64_t expert_misses;
-  uint64_t expert_loads;     /* copies of an expert into the device */
+  uint64_t expert_loads; /* copies of an expert into the device */
   uint64_t expert_evictions;
-  uint64_t bytes_to_device;  /* expert bytes copied host -> device */
+  uint64_t bytes_to_device; /* expert bytes copied host -> device */
   uint64_t prefill_tokens;
   uint64_t decode_tokens;
   double prefill_seconds;
   double decode_seconds;
-  double load_seconds;       /* of the above, copying experts */
+  double load_seconds; /* of the above, copying experts */
   uint64_t device_peak_bytes;
-  uint64_t device_capacity_bytes;  /* weights + expert slots + activations + KV cache */
-  uint64_t expert_slot_bytes;      /* the expert budget actually used for slots */
+  uint64_t device_capacity_bytes; /* weights + expert slots + activations + KV cache */
+  uint64_t expert_slot_bytes;     /* the expert budget actually used for slots */
   int64_t expert_slots;
 } moe_stats;
 MOE_API moe_status moe_context_get_stats(const moe_context* context, moe_stats* stats_out);
@@ -200,7 +203,7 @@ MOE_API moe_status moe_trace_start(moe_context* context);
 MOE_API moe_status moe_trace_stop(moe_context* context, const char* path);
 
 #ifdef __cplusplus
-}  /* extern "C" */
+} /* extern "C" */
 #endif
 
-#endif  /* MOE_MOE_H_ */
+#endif /* MOE_MOE_H_ */

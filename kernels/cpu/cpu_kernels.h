@@ -46,9 +46,9 @@ void EmbeddingGather(const WeightView& table, const int32_t* ids, int64_t n, flo
 // p - j < sliding_window. Scores are scaled by 1/sqrt(head_dim), softmax in fp32.
 // q and out are [n, num_heads, head_dim]; scratch holds >= (start + n) floats per thread of pool
 // (pass num_threads * (start + n)).
-void Attention(const float* q, int64_t n, int64_t start, const float* k_cache,
-               const float* v_cache, int64_t num_heads, int64_t num_kv_heads, int64_t head_dim,
-               int64_t sliding_window, float* out, float* scratch, ThreadPool* pool);
+void Attention(const float* q, int64_t n, int64_t start, const float* k_cache, const float* v_cache,
+               int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, int64_t sliding_window,
+               float* out, float* scratch, ThreadPool* pool);
 
 // Router: for each of n tokens, softmax over num_experts logits (fp32), then the k experts of
 // highest probability in descending order (ties: lower id first); with `renormalize` their

@@ -9,22 +9,22 @@
 
 static int failures = 0;
 
-#define CHECK(cond)                                                          \
-  do {                                                                       \
-    if (!(cond)) {                                                           \
+#define CHECK(cond)                                                            \
+  do {                                                                         \
+    if (!(cond)) {                                                             \
       fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-      ++failures;                                                            \
-    }                                                                        \
+      ++failures;                                                              \
+    }                                                                          \
   } while (0)
 
-#define CHECK_STATUS(call, expected)                                                 \
-  do {                                                                               \
-    moe_status s_ = (call);                                                          \
-    if (s_ != (expected)) {                                                          \
-      fprintf(stderr, "%s:%d: %s returned %s (%s), expected %s\n", __FILE__, __LINE__, \
-              #call, moe_status_name(s_), moe_last_error(), moe_status_name(expected)); \
-      ++failures;                                                                    \
-    }                                                                                \
+#define CHECK_STATUS(call, expected)                                                          \
+  do {                                                                                        \
+    moe_status s_ = (call);                                                                   \
+    if (s_ != (expected)) {                                                                   \
+      fprintf(stderr, "%s:%d: %s returned %s (%s), expected %s\n", __FILE__, __LINE__, #call, \
+              moe_status_name(s_), moe_last_error(), moe_status_name(expected));              \
+      ++failures;                                                                             \
+    }                                                                                         \
   } while (0)
 
 static int log_lines = 0;
@@ -152,8 +152,7 @@ int main(void) {
   gp.stop_at_eos = 0;
   int32_t out[8];
   size_t produced = 0;
-  CHECK_STATUS(moe_generate(ctx, 0, ids, n, &gp, out, 4, &produced, NULL, NULL),
-               MOE_OUT_OF_RANGE);
+  CHECK_STATUS(moe_generate(ctx, 0, ids, n, &gp, out, 4, &produced, NULL, NULL), MOE_OUT_OF_RANGE);
   CHECK_STATUS(moe_sequence_reset(ctx, 0), MOE_OK);
   CHECK_STATUS(moe_generate(ctx, 0, ids, n, &gp, out, 8, &produced, NULL, NULL), MOE_OK);
   CHECK(produced == 8);

@@ -73,8 +73,8 @@ TEST_P(GoldenTest, LogitsAndRoutingMatchTransformers) {
     SCOPED_TRACE(bc.name);
     EngineOptions options;
     options.scope = bc.scope;
-    const uint64_t smallest = model->weights.expert_bytes * c.top_k *
-                              (bc.scope == CacheScope::kLayer ? c.num_layers : 1);
+    const uint64_t smallest =
+        model->weights.expert_bytes * c.top_k * (bc.scope == CacheScope::kLayer ? c.num_layers : 1);
     options.expert_budget_bytes = bc.fraction == 0 ? smallest : uint64_t(all * bc.fraction);
     if (std::string(bc.name).find("lfu") != std::string::npos) options.policy = "lfu";
     options.prefill_chunk = 4;  // several prefill steps per prompt

@@ -12,9 +12,9 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "runtime/checkpoint.h"
-#include "tests/common/run_tool.h"
 #include "runtime/model_config.h"
 #include "runtime/model_weights.h"
+#include "tests/common/run_tool.h"
 
 namespace moe {
 namespace {
@@ -41,7 +41,9 @@ class TempDirCleanup : public ::testing::Environment {
 
 using testing_util::CommandResult;
 
-CommandResult Exec(const std::string& args) { return testing_util::RunTool("moe-make-model " + args); }
+CommandResult Exec(const std::string& args) {
+  return testing_util::RunTool("moe-make-model " + args);
+}
 
 class MakeModelCliTest : public ::testing::Test {
  protected:

@@ -65,7 +65,8 @@ TEST(ReplaySchedule, PrefillChunksGroupPromptTokensAsTheEngineRunsThem) {
   // Each sequence: its first half is the prompt (prefill), the rest decode.
   for (const TraceSequence& seq : t.sequences) {
     for (int64_t i = 0; i < seq.num_tokens; ++i) {
-      t.phases[seq.token_offset + i] = i < (seq.num_tokens + 1) / 2 ? Phase::kPrefill : Phase::kDecode;
+      t.phases[seq.token_offset + i] =
+          i < (seq.num_tokens + 1) / 2 ? Phase::kPrefill : Phase::kDecode;
     }
   }
   ReplaySchedule s(t, {}, 1, 3);

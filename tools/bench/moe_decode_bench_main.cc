@@ -48,8 +48,8 @@ double MeasureReadBandwidth(cpu::ThreadPool& pool, uint64_t bytes, int repeats) 
         for (int j = 0; j < 8; ++j) acc[j] += buf[i + j];
       }
       for (; i < e; ++i) acc[0] += buf[i];
-      partial[(b / (1 << 20)) % 64] += acc[0] + acc[1] + acc[2] + acc[3] + acc[4] + acc[5] +
-                                       acc[6] + acc[7];
+      partial[(b / (1 << 20)) % 64] +=
+          acc[0] + acc[1] + acc[2] + acc[3] + acc[4] + acc[5] + acc[6] + acc[7];
     });
     const double s = std::chrono::duration<double>(Clock::now() - start).count();
     if (std::accumulate(partial.begin(), partial.end(), 0.0) == -1) std::cout << "";
@@ -86,8 +86,9 @@ int Main(int argc, char** argv) {
   int64_t tokens = 32, repeats = 3, threads = 0, prompt_len = 16;
   FlagSet flags("moe-decode-bench",
                 "Decode tokens/s on the CPU backend against the memory-bandwidth bound.");
-  flags.AddString("model", &model_dir, "checkpoint directory (e.g. made by moe-make-model "
-                                       "--preset bench)");
+  flags.AddString("model", &model_dir,
+                  "checkpoint directory (e.g. made by moe-make-model "
+                  "--preset bench)");
   flags.AddInt("tokens", &tokens, "decode steps per repeat");
   flags.AddInt("prompt", &prompt_len, "prompt tokens before decoding");
   flags.AddInt("repeats", &repeats, "repeats per budget (the median is reported)");
@@ -149,8 +150,8 @@ int Main(int argc, char** argv) {
       const double pct = std::strtod(b.c_str(), nullptr);
       if (!(pct > 0 && pct <= 100)) return InvalidArgument("--budgets: '{}' is not in (0, 100]", b);
       EngineOptions options;
-      options.expert_budget_bytes = static_cast<uint64_t>(
-          static_cast<double>(w.expert_bytes) * c.num_layers * c.num_experts * pct / 100);
+      options.expert_budget_bytes = static_cast<uint64_t>(static_cast<double>(w.expert_bytes) *
+                                                          c.num_layers * c.num_experts * pct / 100);
       options.num_threads = static_cast<int32_t>(threads);
       options.max_context = prompt_len + tokens + 1;
       MOE_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(model, options));
@@ -168,8 +169,8 @@ int Main(int argc, char** argv) {
           const SequenceTokens d{0, {&tok, 1}};
           MOE_RETURN_IF_ERROR(engine->Evaluate({&d, 1}, false, logits));
           // A fixed token stream would route the same way each step; follow the model instead.
-          tok = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) -
-                                     logits.begin());
+          tok =
+              static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
         }
         const double s = std::chrono::duration<double>(Clock::now() - start).count();
         after = engine->stats();
@@ -192,14 +193,14 @@ int Main(int argc, char** argv) {
     std::cout << fmt::format(
         "model {}: {} layers x {} experts (top-{}), expert {:.1f} MB, non-expert {:.1f} MB, "
         "{} threads\nload (map, validate, bind): {:.3f} s; streaming all {:.2f} GB of weights from "
-        "the page cache: {:.3f} s = {:.2f} GB/s (checksum {})\nmemory read bandwidth (median of 5, 1 GiB): {:.2f} GB/s\nweights read per "
+        "the page cache: {:.3f} s = {:.2f} GB/s (checksum {})\nmemory read bandwidth (median of 5, "
+        "1 GiB): {:.2f} GB/s\nweights read per "
         "decode token: {:.1f} MB -> bound {:.2f} tokens/s\n\n",
         model_dir, c.num_layers, c.num_experts, c.top_k, w.expert_bytes / 1e6,
         w.non_expert_bytes / 1e6, pool.num_threads(), load_s, checkpoint_gb, touch_s,
         checkpoint_gb / touch_s, checksum, bandwidth, bytes_per_token / 1e6, bound);
     std::cout << fmt::format("{:>8} {:>12} {:>10} {:>9} {:>16} {:>22}\n", "budget", "tokens/s",
-                             "of bound", "hit rate", "copied MB/token",
-                             "of bound incl. copies");
+                             "of bound", "hit rate", "copied MB/token", "of bound incl. copies");
     for (const Row& r : rows) {
       // Copies read the host store and write the slot: twice their bytes through memory.
       const double bound_with_copies =
@@ -209,14 +210,15 @@ int Main(int argc, char** argv) {
                                r.copy_bytes_per_token / 1e6,
                                100 * r.tokens_per_s / bound_with_copies);
     }
-    std::cout << fmt::format("\nhost memory after each run (one copy of the weights: the mapped "
-                             "checkpoint; the anonymous memory is the device arena + the 1 GiB "
-                             "bandwidth buffer's pages, freed, + the process):\n");
+    std::cout << fmt::format(
+        "\nhost memory after each run (one copy of the weights: the mapped "
+        "checkpoint; the anonymous memory is the device arena + the 1 GiB "
+        "bandwidth buffer's pages, freed, + the process):\n");
     for (const Row& r : rows) {
-      std::cout << fmt::format("{:>8}  file-backed {:.1f} MB (checkpoint {:.1f} MB), anonymous "
-                               "{:.1f} MB (device arena {:.1f} MB)\n",
-                               r.budget, r.file_rss / 1e6, checkpoint_gb * 1e3, r.anon_rss / 1e6,
-                               r.arena / 1e6);
+      std::cout << fmt::format(
+          "{:>8}  file-backed {:.1f} MB (checkpoint {:.1f} MB), anonymous "
+          "{:.1f} MB (device arena {:.1f} MB)\n",
+          r.budget, r.file_rss / 1e6, checkpoint_gb * 1e3, r.anon_rss / 1e6, r.arena / 1e6);
     }
     return absl::OkStatus();
   };

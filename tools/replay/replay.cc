@@ -217,74 +217,74 @@ absl::StatusOr<ReplayResult> RunReplay(const RoutingTrace& trace, const ReplaySc
             }
           }
         }
-        MOE_RETURN_IF_ERROR(AcquireInWaves(
-            *cache, step_keys, step_hints, wave, pending,
-            [&](std::span<const AcquiredExpert> acquired) {
-              if (!timed) return absl::OkStatus();
-              for (const AcquiredExpert& a : acquired) {
-                double ready;
-                if (a.loaded) {
-                  ready = link->Demand(a.key, now);
-                } else {
-                  bool in_flight = false;
-                  ready = link->ReadyTime(a.key, now, &in_flight);
-                  if (in_flight && a.was_prefetched_unused) ++result.late_prefetches;
-                }
-                layer_ready = std::max(layer_ready, ready);
-              }
-              return absl::OkStatus();
-            }));
+        MOE_RETURN_IF_ERROR(AcquireInWaves(*cache, step_keys, step_hints, wave, pending,
+                                           [&](std::span<const AcquiredExpert> acquired) {
+                                             if (!timed) return absl::OkStatus();
+                                             for (const AcquiredExpert& a : acquired) {
+                                               double ready;
+                                               if (a.loaded) {
+                                                 ready = link->Demand(a.key, now);
+                                               } else {
+                                                 bool in_flight = false;
+                                                 ready = link->ReadyTime(a.key, now, &in_flight);
+                                                 if (in_flight && a.was_prefetched_unused)
+                                                   ++result.late_prefetches;
+                                               }
+                                               layer_ready = std::max(layer_ready, ready);
+                                             }
+                                             return absl::OkStatus();
+                                           }));
       }
       for (const ScheduledToken& tok : tokens) {
         const auto experts = trace.Experts(tok.token, l);
         if (!multi) {
-        const uint64_t set_pos = pos;
-        pos += static_cast<uint64_t>(K);
-        // Pin the experts already resident first, then load the missing ones, so that a load
-        // never evicts a member of the token's own set.
-        ExpertCache& c = *cache;
-        auto acquire = [&](int32_t j, ExpertKey key) {
-          AccessHint hint;
-          if (use_future) {
-            const uint32_t n = next_use[set_pos + j];
-            hint.next_use = n == std::numeric_limits<uint32_t>::max() ? AccessHint::kNever : n;
-          }
-          const ExpertCache::Access access = c.Acquire(key, hint);
-          if (access.outcome == ExpertCache::Outcome::kNoRoom) [[unlikely]] {
-            return false;
-          }
-          if (timed) {
-            double ready;
-            if (access.outcome == ExpertCache::Outcome::kLoaded) {
-              ready = link->Demand(key, now);
-            } else {
-              bool in_flight = false;
-              ready = link->ReadyTime(key, now, &in_flight);
-              if (in_flight && access.was_prefetched_unused) ++result.late_prefetches;
+          const uint64_t set_pos = pos;
+          pos += static_cast<uint64_t>(K);
+          // Pin the experts already resident first, then load the missing ones, so that a load
+          // never evicts a member of the token's own set.
+          ExpertCache& c = *cache;
+          auto acquire = [&](int32_t j, ExpertKey key) {
+            AccessHint hint;
+            if (use_future) {
+              const uint32_t n = next_use[set_pos + j];
+              hint.next_use = n == std::numeric_limits<uint32_t>::max() ? AccessHint::kNever : n;
             }
-            layer_ready = std::max(layer_ready, ready);
+            const ExpertCache::Access access = c.Acquire(key, hint);
+            if (access.outcome == ExpertCache::Outcome::kNoRoom) [[unlikely]] {
+              return false;
+            }
+            if (timed) {
+              double ready;
+              if (access.outcome == ExpertCache::Outcome::kLoaded) {
+                ready = link->Demand(key, now);
+              } else {
+                bool in_flight = false;
+                ready = link->ReadyTime(key, now, &in_flight);
+                if (in_flight && access.was_prefetched_unused) ++result.late_prefetches;
+              }
+              layer_ready = std::max(layer_ready, ready);
+            }
+            return true;
+          };
+          uint64_t missing = 0;  // bit j: experts[j] was not resident
+          bool room = true;
+          for (int32_t j = 0; j < K; ++j) {
+            const ExpertKey key = base + experts[j];
+            if (c.Contains(key)) {
+              room &= acquire(j, key);
+            } else {
+              missing |= uint64_t{1} << j;
+            }
           }
-          return true;
-        };
-        uint64_t missing = 0;  // bit j: experts[j] was not resident
-        bool room = true;
-        for (int32_t j = 0; j < K; ++j) {
-          const ExpertKey key = base + experts[j];
-          if (c.Contains(key)) {
-            room &= acquire(j, key);
-          } else {
-            missing |= uint64_t{1} << j;
+          for (; missing != 0; missing &= missing - 1) {
+            const int32_t j = std::countr_zero(missing);
+            room &= acquire(j, base + experts[j]);
           }
-        }
-        for (; missing != 0; missing &= missing - 1) {
-          const int32_t j = std::countr_zero(missing);
-          room &= acquire(j, base + experts[j]);
-        }
-        if (!room) {
-          return Internal("no unpinned expert to evict at layer {} (capacity {})", l,
-                          c.capacity_per_partition());
-        }
-        for (int32_t j = 0; j < K; ++j) cache->Release(base + experts[j]);
+          if (!room) {
+            return Internal("no unpinned expert to evict at layer {} (capacity {})", l,
+                            c.capacity_per_partition());
+          }
+          for (int32_t j = 0; j < K; ++j) cache->Release(base + experts[j]);
         }
 
         if (predictor == nullptr) continue;

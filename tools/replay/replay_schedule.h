@@ -3,8 +3,9 @@
 // A schedule is a list of steps; each step is the set of tokens processed together (one token
 // per active sequence, as continuous batching does) and every step visits all MoE layers in
 // order, each token of the step at each layer. With batch size 1 a step is one token and
-// sequences run one after another (or prompts run as prefill chunks, below). With batch size B, B sequence slots run side by side; when a
-// sequence ends its slot takes the next sequence (in the order given).
+// sequences run one after another (or prompts run as prefill chunks, below). With batch size B, B
+// sequence slots run side by side; when a sequence ends its slot takes the next sequence (in the
+// order given).
 //
 // Immutable after construction; safe to share between threads.
 #pragma once

@@ -33,7 +33,8 @@ absl::StatusOr<Budget> ParseBudget(const std::string& text) {
     b.fraction = pct / 100;
     return b;
   }
-  if (text.find('.') != std::string::npos && text.find_first_not_of("0123456789.") == std::string::npos) {
+  if (text.find('.') != std::string::npos &&
+      text.find_first_not_of("0123456789.") == std::string::npos) {
     const double f = std::strtod(text.c_str(), nullptr);
     if (!(f > 0 && f <= 1)) {
       return absl::InvalidArgumentError(
@@ -95,8 +96,8 @@ int32_t OnToken(int32_t token, void* user) {
 }
 
 int Main(int argc, char** argv) {
-  std::string model_dir, prompt, prompt_ids, budget_text = "all", policy = "lru",
-                                              scope = "global", trace_out, device = "cpu";
+  std::string model_dir, prompt, prompt_ids, budget_text = "all", policy = "lru", scope = "global",
+                                             trace_out, device = "cpu";
   int64_t max_tokens = 32, top_k = 0, seed = 0, threads = 0, prefill_chunk = 256;
   int64_t max_context = 0;
   double temperature = 0, top_p = 1;
@@ -212,8 +213,8 @@ int Main(int argc, char** argv) {
   }
   std::vector<int32_t> out(static_cast<size_t>(max_tokens) + 1);
   size_t produced = 0;
-  s = moe_generate(ctx, 0, ids.data(), ids.size(), &gp, out.data(), out.size(), &produced,
-                   &OnToken, &stream);
+  s = moe_generate(ctx, 0, ids.data(), ids.size(), &gp, out.data(), out.size(), &produced, &OnToken,
+                   &stream);
   if (!quiet) std::printf("\n");
   if (s != MOE_OK) {
     const int rc = FailC(s);
@@ -243,15 +244,14 @@ int Main(int argc, char** argv) {
       "bytes moved     {} host->device (expert copies took {:.3f} s)\n"
       "device arena    peak {} of {} (weights + expert slots + activations + kv)\n",
       model_dir, info.num_layers, info.num_experts, info.top_k, FormatBytes(info.expert_bytes),
-      stats.expert_slots, FormatBytes(stats.expert_slot_bytes),
-      FormatBytes(info.all_expert_bytes),
+      stats.expert_slots, FormatBytes(stats.expert_slot_bytes), FormatBytes(info.all_expert_bytes),
       100.0 * double(stats.expert_slot_bytes) / double(info.all_expert_bytes), policy, scope,
       stats.prefill_tokens, stats.prefill_seconds,
-      rate(stats.prefill_tokens, stats.prefill_seconds), stats.decode_tokens,
-      stats.decode_seconds, rate(stats.decode_tokens, stats.decode_seconds),
-      stats.expert_accesses, hit_rate, stats.expert_loads, stats.expert_evictions,
-      FormatBytes(stats.bytes_to_device), stats.load_seconds,
-      FormatBytes(stats.device_peak_bytes), FormatBytes(stats.device_capacity_bytes));
+      rate(stats.prefill_tokens, stats.prefill_seconds), stats.decode_tokens, stats.decode_seconds,
+      rate(stats.decode_tokens, stats.decode_seconds), stats.expert_accesses, hit_rate,
+      stats.expert_loads, stats.expert_evictions, FormatBytes(stats.bytes_to_device),
+      stats.load_seconds, FormatBytes(stats.device_peak_bytes),
+      FormatBytes(stats.device_capacity_bytes));
   if (!trace_out.empty()) {
     std::cerr << fmt::format(
         "trace           {} (replay: moe-replay --trace {} --budget-bytes {} --scope {} "
