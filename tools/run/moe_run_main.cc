@@ -242,7 +242,8 @@ int Main(int argc, char** argv) {
       "decode          {} tokens in {:.3f} s = {:.2f} tokens/s\n"
       "expert cache    {} accesses, hit rate {:.4f}, {} loads, {} evictions\n"
       "bytes moved     {} host->device (expert copies took {:.3f} s)\n"
-      "device arena    peak {} of {} (weights + expert slots + activations + kv)\n",
+      "device arena    peak {} of {} (expert slots + activations + KV cache; + weights where the "
+      "device copies them)\n",
       model_dir, info.num_layers, info.num_experts, info.top_k, FormatBytes(info.expert_bytes),
       stats.expert_slots, FormatBytes(stats.expert_slot_bytes), FormatBytes(info.all_expert_bytes),
       100.0 * double(stats.expert_slot_bytes) / double(info.all_expert_bytes), policy, scope,
