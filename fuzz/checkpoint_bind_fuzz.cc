@@ -26,17 +26,7 @@ struct Fixture {
     moe::SetLogLevel(moe::LogLevel::kOff);  // unused-tensor warnings would flood the output
     dir = moe::fuzz::MakeTempDir("checkpoint_bind_fuzz");
     // The model of fuzz/corpus/checkpoint_bind_fuzz/*: see docs/checkpoints.md.
-    moe::SyntheticModelOptions o;
-    o.vocab = 8;
-    o.hidden = 4;
-    o.intermediate = 4;
-    o.layers = 1;
-    o.heads = 2;
-    o.kv_heads = 1;
-    o.experts = 2;
-    o.top_k = 1;
-    o.max_position = 64;
-    o.dtype = moe::DType::kF16;
+    moe::SyntheticModelOptions o = moe::fuzz::TinyFuzzModelOptions();
     if (!moe::WriteSyntheticModel(o, dir).ok()) std::abort();
     auto c = moe::ReadModelConfig(dir);
     if (!c.ok()) std::abort();

@@ -22,17 +22,7 @@ struct Fixture {
   Fixture() {
     moe::SetLogLevel(moe::LogLevel::kOff);
     dir = moe::fuzz::MakeTempDir("checkpoint_index_fuzz");
-    moe::SyntheticModelOptions o;
-    o.vocab = 8;
-    o.hidden = 4;
-    o.intermediate = 4;
-    o.layers = 1;
-    o.heads = 2;
-    o.kv_heads = 1;
-    o.experts = 2;
-    o.top_k = 1;
-    o.max_position = 64;
-    o.dtype = moe::DType::kF16;
+    moe::SyntheticModelOptions o = moe::fuzz::TinyFuzzModelOptions();
     o.shards = 3;
     if (!moe::WriteSyntheticModel(o, dir).ok()) std::abort();
     const std::string index = dir + "/model.safetensors.index.json";

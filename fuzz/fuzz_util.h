@@ -13,6 +13,8 @@
 #include <system_error>
 #include <vector>
 
+#include "runtime/model_writer.h"
+
 namespace moe::fuzz {
 
 // A memfd whose content is replaced by each input; path() opens it like a regular file.
@@ -62,6 +64,23 @@ inline std::string MakeTempDir(const char* tag) {
   }
   dirs->push_back(dir);
   return dir;
+}
+
+// The tiny model the checkpoint fuzzers start from (and their seed corpora were made with):
+// 1 layer, 2 experts, hidden 4, f16. See docs/checkpoints.md.
+inline SyntheticModelOptions TinyFuzzModelOptions() {
+  SyntheticModelOptions o;
+  o.vocab = 8;
+  o.hidden = 4;
+  o.intermediate = 4;
+  o.layers = 1;
+  o.heads = 2;
+  o.kv_heads = 1;
+  o.experts = 2;
+  o.top_k = 1;
+  o.max_position = 64;
+  o.dtype = DType::kF16;
+  return o;
 }
 
 }  // namespace moe::fuzz

@@ -12,6 +12,7 @@
 
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
+#include "runtime/file_util.h"
 #include "runtime/logging.h"
 #include "runtime/status.h"
 
@@ -39,38 +40,6 @@ absl::StatusOr<bool> PathExists(const std::string& path) {
   return absl::UnavailableError(fmt::format("cannot stat {}: {}", path, std::strerror(errno)));
 }
 
-absl::StatusOr<std::string> ReadSmallFile(const std::string& path, uint64_t limit) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    const int err = errno;
-    if (err == ENOENT) return NotFound("{}: no such file", path);
-    return absl::UnavailableError(fmt::format("{}: cannot open: {}", path, std::strerror(err)));
-  }
-  struct stat st;
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    return DataLoss("{}: not a regular file", path);
-  }
-  if (static_cast<uint64_t>(st.st_size) > limit) {
-    ::close(fd);
-    return DataLoss("{}: {} bytes exceeds the {}-byte limit", path, st.st_size, limit);
-  }
-  std::string text(static_cast<size_t>(st.st_size), '\0');
-  size_t done = 0;
-  while (done < text.size()) {
-    const ssize_t n = ::read(fd, text.data() + done, text.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      const int err = n < 0 ? errno : EIO;
-      ::close(fd);
-      return absl::UnavailableError(fmt::format("{}: read failed: {}", path, std::strerror(err)));
-    }
-    done += static_cast<size_t>(n);
-  }
-  ::close(fd);
-  return text;
-}
-
 std::string ShapeString(std::span<const int64_t> shape) {
   return fmt::format("[{}]", fmt::join(shape, ", "));
 }
@@ -87,7 +56,8 @@ bool IsPlainFileName(const std::string& name) {
 
 // The index's weight_map: tensor name -> shard file name, validated.
 absl::StatusOr<std::map<std::string, std::string>> ReadIndex(const std::string& index_path) {
-  MOE_ASSIGN_OR_RETURN(std::string text, ReadSmallFile(index_path, kMaxIndexBytes));
+  MOE_ASSIGN_OR_RETURN(std::string text,
+                       ReadSmallFile(index_path, kMaxIndexBytes, absl::StatusCode::kDataLoss));
   const Json json = Json::parse(text, /*cb=*/nullptr, /*allow_exceptions=*/false);
   if (json.is_discarded()) return DataLoss("{}: not valid JSON", index_path);
   if (!json.is_object()) {

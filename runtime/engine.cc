@@ -86,6 +86,8 @@ struct Engine::Impl {
   EngineStats stats;
   std::vector<int64_t> step_sequences;
   std::vector<Phase> step_phases;
+  std::vector<int32_t> token_ids;  // of the step's tokens
+  std::vector<int64_t> positions;
 
   float* KvAt(int32_t seq, int64_t layer, int which, int64_t max_context) {
     const int64_t per_layer = 2 * max_context * kv_dim;
@@ -325,8 +327,8 @@ absl::Status Engine::Impl::RunStep(std::span<const StepToken> tokens, bool all_l
     }
     tracer->BeginStep(step_sequences, step_phases);
   }
-  std::vector<int32_t> token_ids(static_cast<size_t>(n));
-  std::vector<int64_t> positions(static_cast<size_t>(n));
+  token_ids.resize(static_cast<size_t>(n));
+  positions.resize(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) {
     token_ids[i] = tokens[i].id;
     positions[i] = tokens[i].position;

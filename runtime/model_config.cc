@@ -11,6 +11,7 @@
 
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
+#include "runtime/file_util.h"
 #include "runtime/status.h"
 
 namespace moe {
@@ -462,34 +463,8 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text, std::st
 
 absl::StatusOr<ModelConfig> ReadModelConfig(const std::string& model_dir) {
   const std::string path = model_dir + "/config.json";
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    const int err = errno;
-    if (err == ENOENT) return NotFound("{}: no such file", path);
-    return absl::UnavailableError(fmt::format("{}: cannot open: {}", path, std::strerror(err)));
-  }
-  struct stat st;
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    return InvalidArgument("{}: not a regular file", path);
-  }
-  if (static_cast<uint64_t>(st.st_size) > kMaxConfigBytes) {
-    ::close(fd);
-    return InvalidArgument("{}: {} bytes is too large for a config file", path, st.st_size);
-  }
-  std::string text(static_cast<size_t>(st.st_size), '\0');
-  size_t done = 0;
-  while (done < text.size()) {
-    const ssize_t n = ::read(fd, text.data() + done, text.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      const int err = n < 0 ? errno : EIO;
-      ::close(fd);
-      return absl::UnavailableError(fmt::format("{}: read failed: {}", path, std::strerror(err)));
-    }
-    done += static_cast<size_t>(n);
-  }
-  ::close(fd);
+  MOE_ASSIGN_OR_RETURN(const std::string text,
+                       ReadSmallFile(path, kMaxConfigBytes, absl::StatusCode::kInvalidArgument));
   return ParseModelConfig(text, path);
 }
 

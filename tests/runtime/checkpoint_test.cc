@@ -2,6 +2,7 @@
 // here from a valid synthetic model, must give a non-OK status whose message names the file
 // and (where one is involved) the tensor.
 #include "runtime/checkpoint.h"
+#include "tests/common/temp_dirs.h"
 
 #include <stdlib.h>
 #include <unistd.h>
@@ -31,22 +32,7 @@ namespace fs = std::filesystem;
 
 std::string Message(const absl::Status& status) { return std::string(status.message()); }
 
-// Directories made by this file's tests, removed when the test program ends.
-class TempDirCleanup : public ::testing::Environment {
- public:
-  static std::vector<std::string>& Dirs() {
-    static std::vector<std::string> dirs;
-    return dirs;
-  }
-  void TearDown() override {
-    for (const std::string& dir : Dirs()) {
-      std::error_code ec;
-      std::filesystem::remove_all(dir, ec);
-    }
-  }
-};
-::testing::Environment* const kTempDirCleanup =
-    ::testing::AddGlobalTestEnvironment(new TempDirCleanup);
+using testing_util::TempDirCleanup;
 
 std::string MakeTempDir(const std::string& tag) {
   std::string root = ::testing::TempDir();

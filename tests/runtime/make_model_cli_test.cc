@@ -15,6 +15,7 @@
 #include "runtime/model_config.h"
 #include "runtime/model_weights.h"
 #include "tests/common/run_tool.h"
+#include "tests/common/temp_dirs.h"
 
 namespace moe {
 namespace {
@@ -22,22 +23,7 @@ namespace {
 using ::testing::HasSubstr;
 namespace fs = std::filesystem;
 
-// Directories made by this file's tests, removed when the test program ends.
-class TempDirCleanup : public ::testing::Environment {
- public:
-  static std::vector<std::string>& Dirs() {
-    static std::vector<std::string> dirs;
-    return dirs;
-  }
-  void TearDown() override {
-    for (const std::string& dir : Dirs()) {
-      std::error_code ec;
-      std::filesystem::remove_all(dir, ec);
-    }
-  }
-};
-::testing::Environment* const kTempDirCleanup =
-    ::testing::AddGlobalTestEnvironment(new TempDirCleanup);
+using testing_util::TempDirCleanup;
 
 using testing_util::CommandResult;
 

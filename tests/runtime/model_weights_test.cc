@@ -1,6 +1,7 @@
 // Round trips: WriteSyntheticModel -> ReadModelConfig + Checkpoint::Open -> BindModelWeights,
 // for both families, every dtype, single-file and sharded, tied and untied.
 #include "runtime/model_weights.h"
+#include "tests/common/temp_dirs.h"
 
 #include <stdlib.h>
 
@@ -30,22 +31,7 @@ namespace fs = std::filesystem;
 
 std::string Message(const absl::Status& status) { return std::string(status.message()); }
 
-// Directories made by this file's tests, removed when the test program ends.
-class TempDirCleanup : public ::testing::Environment {
- public:
-  static std::vector<std::string>& Dirs() {
-    static std::vector<std::string> dirs;
-    return dirs;
-  }
-  void TearDown() override {
-    for (const std::string& dir : Dirs()) {
-      std::error_code ec;
-      std::filesystem::remove_all(dir, ec);
-    }
-  }
-};
-::testing::Environment* const kTempDirCleanup =
-    ::testing::AddGlobalTestEnvironment(new TempDirCleanup);
+using testing_util::TempDirCleanup;
 
 std::string MakeTempDir() {
   std::string root = ::testing::TempDir();
