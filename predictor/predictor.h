@@ -82,6 +82,13 @@ class Predictor {
   // to that layer chooses it (each in [0, 1]). probs.size() == num_experts.
   virtual void Predict(int64_t seq, int32_t target_layer, std::span<float> probs) const = 0;
 
+  // Predictors that read hidden states (the live engine's "gate") return true; the engine then
+  // calls ObserveHidden(seq, layer, h) with the token's residual stream after MoE layer `layer`
+  // (hidden_size floats, valid only during the call) right after Observe(seq, layer, ...).
+  // Replay has no hidden states and never calls it.
+  virtual bool uses_hidden_states() const { return false; }
+  virtual void ObserveHidden(int64_t seq, int32_t layer, std::span<const float> hidden) {}
+
   // Learns tables (or fits weights) from a trace whose shape matches the options; the default
   // does nothing. InvalidArgument on a shape mismatch, naming both shapes.
   virtual absl::Status Learn(const RoutingTrace& trace) { return absl::OkStatus(); }

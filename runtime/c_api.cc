@@ -217,6 +217,10 @@ moe_context_params moe_context_default_params(void) {
   p.max_context = 0;
   p.prefill_chunk = 256;
   p.num_threads = 0;
+  p.predictor = "none";
+  p.predictor_file = nullptr;
+  p.prefetch_depth = 1;
+  p.prefetch_budget = 0;
   return p;
 }
 
@@ -252,6 +256,10 @@ moe_status moe_context_create(moe_model* model, const moe_context_params* params
   options.max_context = p.max_context;
   options.prefill_chunk = p.prefill_chunk;
   options.num_threads = p.num_threads;
+  options.predictor = p.predictor == nullptr ? "none" : p.predictor;
+  options.predictor_file = p.predictor_file == nullptr ? "" : p.predictor_file;
+  options.prefetch.depth = p.prefetch_depth;
+  options.prefetch.budget = p.prefetch_budget;
   auto engine = moe::Engine::Create(model->model, options);
   if (!engine.ok()) return FromStatus(engine.status());
   *context_out = new (std::nothrow) moe_context{*std::move(engine)};
@@ -386,7 +394,30 @@ moe_status moe_context_get_stats(const moe_context* context, moe_stats* stats_ou
   out.device_capacity_bytes = s.device.capacity_bytes;
   out.expert_slot_bytes = s.expert_arena_bytes;
   out.expert_slots = s.expert_slots;
+  out.prefetch_loads = s.cache.prefetch_loads;
+  out.prefetch_useful = s.cache.prefetch_useful;
+  out.prefetch_wasted_bytes = s.cache.prefetch_wasted_bytes;
+  out.prediction_recall = s.recall.found.empty() ? 0.0 : s.recall.RecallFrom(0);
   *stats_out = out;
+  return MOE_OK;
+}
+
+moe_status moe_context_get_layer_recall(const moe_context* context, double* recall_out,
+                                        size_t capacity) {
+  MOE_C_REQUIRE(context != nullptr, "moe_context_get_layer_recall: context is NULL");
+  MOE_C_REQUIRE(recall_out != nullptr, "moe_context_get_layer_recall: recall_out is NULL");
+  const moe::EngineStats s = context->engine->stats();
+  if (s.recall.found.empty()) {
+    return Fail(MOE_FAILED_PRECONDITION,
+                "moe_context_get_layer_recall: the context has no predictor");
+  }
+  const size_t layers = s.recall.found.size();
+  if (capacity < layers) {
+    return Fail(MOE_OUT_OF_RANGE,
+                fmt::format("moe_context_get_layer_recall: capacity {} is below the {} layers",
+                            capacity, layers));
+  }
+  for (size_t l = 0; l < layers; ++l) recall_out[l] = s.recall.Recall(static_cast<int32_t>(l));
   return MOE_OK;
 }
 

@@ -8,6 +8,7 @@
 #include "experts/expert_store.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "memory/expert_set.h"
+#include "predictor/gate_predictor.h"
 #include "predictor/tracer.h"
 #include "runtime/logging.h"
 #include "runtime/status.h"
@@ -65,7 +66,7 @@ struct Engine::Impl {
   int64_t q_dim = 0, kv_dim = 0;
   DeviceBuffer activations;
   float *x, *xn, *q, *k, *v, *attn, *tmp, *router, *weights_k, *xe, *ye, *ffn_scratch, *shared_out,
-      *shared_gate, *logits, *attn_scratch;
+      *shared_gate, *logits, *attn_scratch, *routed_out;
   int32_t* ids;
   DeviceBuffer kv;  // [sequence][layer][k|v][max_context][kv_dim]
   std::vector<int64_t> seq_len;
@@ -76,15 +77,22 @@ struct Engine::Impl {
 
   // Host-side scratch for grouping tokens per expert (no allocation after the first steps).
   std::vector<int32_t> expert_count, expert_first, expert_fill;
-  std::vector<int32_t> rows;  // tokens of each expert, grouped: token index
-  std::vector<float> row_weight;
+  std::vector<int32_t> rows;  // (token, rank) pairs t * K + j, grouped per expert
   std::vector<ExpertKey> keys;
   std::vector<AcquiredExpert> wave;
   std::vector<uint32_t> pending;
 
   std::unique_ptr<RoutingTracer> tracer;
   EngineStats stats;
-  std::vector<int64_t> step_sequences;
+  // Prediction (null without a predictor). `scores` exist before the cache (the "predictive"
+  // policy reads them).
+  std::unique_ptr<ExpertScores> scores;
+  std::unique_ptr<Predictor> predictor;
+  std::unique_ptr<PrefetchPlanner> planner;
+  std::vector<float> predicted;          // [E] scratch
+  std::vector<int32_t> predicted_order;  // [E] scratch
+  std::vector<uint16_t> token_experts;   // [K] scratch
+  std::vector<int64_t> step_requests;    // request (predictor / trace sequence) of each token
   std::vector<Phase> step_phases;
   std::vector<int32_t> token_ids;  // of the step's tokens
   std::vector<int64_t> positions;
@@ -98,7 +106,48 @@ struct Engine::Impl {
   absl::Status RunStep(std::span<const StepToken> tokens, bool all_logits, int64_t max_context,
                        float* logits_out, PhaseStats& phase_stats);
   absl::Status MoeBlock(int32_t layer, int64_t n);
+  absl::Status CreatePredictor(const EngineOptions& options, const ExpertSpace& space);
+  void MeasureRecall(int32_t layer, int64_t n);
+  void CopyExpertIn(ExpertKey key, bool prefill);
 };
+
+absl::Status Engine::Impl::CreatePredictor(const EngineOptions& options, const ExpertSpace& space) {
+  if (options.predictor == "none") return absl::OkStatus();
+  PredictorOptions po;
+  po.space = space;
+  po.top_k = static_cast<int32_t>(cfg->top_k);
+  if (options.prefetch.depth < 0 || options.prefetch.budget < 0 ||
+      options.prefetch.budget > space.num_experts) {
+    return InvalidArgument("prefetch depth {} and budget {} must be >= 0 (budget <= {} experts)",
+                           options.prefetch.depth, options.prefetch.budget, space.num_experts);
+  }
+  if (options.predictor == "gate") {
+    std::vector<GateLayerWeights> layers;
+    for (const LayerWeights& l : model->weights.layers) {
+      layers.push_back(GateLayerWeights{l.post_attention_norm, l.router});
+    }
+    predictor = std::make_unique<GatePredictor>(po, std::move(layers), cfg->hidden_size,
+                                                static_cast<float>(cfg->rms_norm_eps));
+  } else {
+    MOE_ASSIGN_OR_RETURN(predictor, MakePredictor(options.predictor, po));
+  }
+  if (!options.predictor_file.empty()) {
+    absl::Status loaded = predictor->Load(options.predictor_file);
+    if (!loaded.ok()) {
+      return absl::Status(loaded.code(),
+                          fmt::format("predictor file {}: {}", options.predictor_file,
+                                      std::string(loaded.message())));
+    }
+  }
+  const int32_t L = space.num_layers;
+  stats.recall.budget = options.prefetch.budget > 0 ? options.prefetch.budget : po.top_k;
+  stats.recall.found.assign(static_cast<size_t>(L), 0);
+  stats.recall.chosen.assign(static_cast<size_t>(L), 0);
+  predicted.resize(static_cast<size_t>(space.num_experts));
+  predicted_order.resize(static_cast<size_t>(space.num_experts));
+  token_experts.resize(static_cast<size_t>(po.top_k));
+  return absl::OkStatus();
+}
 
 Engine::Engine(std::shared_ptr<const Model> model, const EngineOptions& options)
     : model_(std::move(model)), options_(options), impl_(std::make_unique<Impl>()) {}
@@ -150,7 +199,15 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Mod
   cache_options.budget_bytes = budget;
   cache_options.scope = options.scope;
   cache_options.policy = options.policy;
+  MOE_RETURN_IF_ERROR(m.CreatePredictor(options, space));
+  if (m.predictor != nullptr && options.policy == "predictive") {
+    m.scores = std::make_unique<ExpertScores>(space);
+    cache_options.scores = m.scores.get();
+  }
   MOE_ASSIGN_OR_RETURN(m.cache, ExpertCache::Create(cache_options));
+  if (m.predictor != nullptr) {
+    m.planner = std::make_unique<PrefetchPlanner>(*m.predictor, m.scores.get(), options.prefetch);
+  }
   const uint64_t arena_bytes = static_cast<uint64_t>(m.cache->capacity_total()) * m.expert_bytes;
 
   // --- sizes of everything else on the device ---
@@ -188,7 +245,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Mod
                            T,
                            T * cfg.vocab_size,
                            threads * max_context,
-                           T * cfg.top_k};
+                           T * cfg.top_k,
+                           T * cfg.top_k * H};
   uint64_t activation_bytes = 0;
   for (int64_t s : sizes) activation_bytes += AlignUp(static_cast<uint64_t>(s) * 4);
   const uint64_t kv_bytes = static_cast<uint64_t>(options.max_sequences) * cfg.num_layers * 2 *
@@ -213,8 +271,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Mod
   m.stats.non_expert_bytes = weight_bytes;
 
   std::byte* a = m.activations.data();
-  float* bufs[17];
-  for (int i = 0; i < 17; ++i) {
+  constexpr int kBuffers = static_cast<int>(std::size(sizes));
+  float* bufs[kBuffers];
+  for (int i = 0; i < kBuffers; ++i) {
     bufs[i] = reinterpret_cast<float*>(a);
     a += AlignUp(static_cast<uint64_t>(sizes[i]) * 4);
   }
@@ -223,6 +282,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Mod
   m.ffn_scratch = bufs[11], m.shared_out = bufs[12], m.shared_gate = bufs[13];
   m.logits = bufs[14], m.attn_scratch = bufs[15];
   m.ids = reinterpret_cast<int32_t*>(bufs[16]);
+  m.routed_out = bufs[17];
 
   m.store = std::make_unique<HostExpertStore>(model->weights, space);
   m.seq_len.assign(static_cast<size_t>(options.max_sequences), 0);
@@ -267,39 +327,38 @@ absl::Status Engine::Impl::MoeBlock(int32_t layer, int64_t n) {
     offset += expert_count[e];
   }
   rows.resize(static_cast<size_t>(n * K));
-  row_weight.resize(static_cast<size_t>(n * K));
-  for (int64_t i = 0; i < n * K; ++i) {
-    const int32_t at = expert_fill[ids[i]]++;
-    rows[at] = static_cast<int32_t>(i / K);
-    row_weight[at] = weights_k[i];
-  }
+  for (int64_t i = 0; i < n * K; ++i) rows[expert_fill[ids[i]]++] = static_cast<int32_t>(i);
 
+  if (predictor != nullptr) MeasureRecall(layer, n);
   MOE_RETURN_IF_ERROR(AcquireInWaves(
       *cache, keys, {}, wave, pending, [&](std::span<const AcquiredExpert> acquired) {
         for (const AcquiredExpert& a : acquired) {
-          if (!a.loaded) continue;
-          const auto start = Clock::now();
-          store->CopyToSlot(a.key, *device, slots.data() + uint64_t(a.slot) * expert_bytes,
-                            pool.get());
-          const double s = SecondsSince(start);
-          (n > 1 ? stats.prefill : stats.decode).load_seconds += s;
+          if (a.loaded) CopyExpertIn(a.key, n > 1);
         }
         for (const AcquiredExpert& a : acquired) {
           const int32_t e = space.Id(a.key).expert;
           const int32_t first = expert_first[e], count = expert_count[e];
           for (int32_t r = 0; r < count; ++r) {
-            std::memcpy(xe + int64_t{r} * H, xn + int64_t{rows[first + r]} * H, H * sizeof(float));
+            std::memcpy(xe + int64_t{r} * H, xn + int64_t{rows[first + r] / K} * H,
+                        H * sizeof(float));
           }
           const FfnWeights w =
               store->SlotWeights(a.key, slots.data() + uint64_t(a.slot) * expert_bytes);
           cpu::ExpertFfn(xe, count, w.gate, w.up, w.down, ye, ffn_scratch, pool.get());
           for (int32_t r = 0; r < count; ++r) {
-            cpu::ScaledAdd(ye + int64_t{r} * H, &row_weight[first + r], 1, H,
-                           x + int64_t{rows[first + r]} * H);
+            std::memcpy(routed_out + int64_t{rows[first + r]} * H, ye + int64_t{r} * H,
+                        H * sizeof(float));
           }
         }
         return absl::OkStatus();
       }));
+  // Combine in rank order, whatever order the experts ran in (resident first, waves, prefetched
+  // ones): the result never depends on the cache's state, budget or predictor.
+  for (int64_t t = 0; t < n; ++t) {
+    for (int64_t j = 0; j < K; ++j) {
+      cpu::ScaledAdd(routed_out + (t * K + j) * H, &weights_k[t * K + j], 1, H, x + t * H);
+    }
+  }
 
   if (lw.shared_expert.gate.present()) {
     cpu::ExpertFfn(xn, n, lw.shared_expert.gate, lw.shared_expert.up, lw.shared_expert.down,
@@ -308,7 +367,47 @@ absl::Status Engine::Impl::MoeBlock(int32_t layer, int64_t n) {
     for (int64_t t = 0; t < n; ++t) shared_gate[t] = 1.0f / (1.0f + std::exp(-shared_gate[t]));
     cpu::ScaledAdd(shared_out, shared_gate, n, H, x);
   }
+
+  // The same order as replay: the step's experts were acquired, now each token's routing is
+  // observed and its predicted experts prefetched.
+  if (planner != nullptr) {
+    const bool hidden = predictor->uses_hidden_states();
+    for (int64_t t = 0; t < n; ++t) {
+      for (int64_t j = 0; j < K; ++j) token_experts[j] = static_cast<uint16_t>(ids[t * K + j]);
+      planner->AfterRouting(*cache, step_requests[t], layer, token_experts,
+                            hidden ? std::span<const float>(x + t * H, static_cast<size_t>(H))
+                                   : std::span<const float>(),
+                            [&](ExpertKey key) { CopyExpertIn(key, n > 1); });
+    }
+  }
   return absl::OkStatus();
+}
+
+void Engine::Impl::CopyExpertIn(ExpertKey key, bool prefill) {
+  const auto start = Clock::now();
+  const int32_t slot = cache->SlotOf(key);
+  MOE_CHECK(slot >= 0);
+  store->CopyToSlot(key, *device, slots.data() + uint64_t(slot) * expert_bytes, pool.get());
+  (prefill ? stats.prefill : stats.decode).load_seconds += SecondsSince(start);
+}
+
+void Engine::Impl::MeasureRecall(int32_t layer, int64_t n) {
+  const int64_t K = cfg->top_k;
+  PredictionRecall& r = stats.recall;
+  for (int64_t t = 0; t < n; ++t) {
+    predictor->Predict(step_requests[t], layer, predicted);
+    const int32_t top = TopExpertIds(predicted, r.budget, predicted_order);
+    for (int64_t j = 0; j < K; ++j) {
+      const int32_t chosen = ids[t * K + j];
+      for (int32_t i = 0; i < top; ++i) {
+        if (predicted_order[i] == chosen) {
+          ++r.found[layer];
+          break;
+        }
+      }
+    }
+    r.chosen[layer] += static_cast<uint64_t>(K);
+  }
 }
 
 absl::Status Engine::Impl::RunStep(std::span<const StepToken> tokens, bool all_logits,
@@ -318,14 +417,15 @@ absl::Status Engine::Impl::RunStep(std::span<const StepToken> tokens, bool all_l
   const ModelConfig& c = *cfg;
   const int64_t n = static_cast<int64_t>(tokens.size());
   const int64_t H = c.hidden_size, D = c.head_dim;
+  step_requests.clear();
+  for (const StepToken& t : tokens) {
+    step_requests.push_back(request_of[t.sequence]);
+    if (predictor != nullptr && t.position == 0) predictor->BeginSequence(request_of[t.sequence]);
+  }
   if (tracer != nullptr) {
-    step_sequences.clear();
     step_phases.clear();
-    for (const StepToken& t : tokens) {
-      step_sequences.push_back(request_of[t.sequence]);
-      step_phases.push_back(t.phase);
-    }
-    tracer->BeginStep(step_sequences, step_phases);
+    for (const StepToken& t : tokens) step_phases.push_back(t.phase);
+    tracer->BeginStep(step_requests, step_phases);
   }
   token_ids.resize(static_cast<size_t>(n));
   positions.resize(static_cast<size_t>(n));
@@ -480,7 +580,10 @@ absl::Status Engine::ResetSequence(int32_t sequence) {
   if (sequence < 0 || sequence >= options_.max_sequences) {
     return OutOfRange("sequence id {} outside [0, {})", sequence, options_.max_sequences);
   }
-  if (impl_->seq_len[sequence] > 0) impl_->request_of[sequence] = impl_->next_request++;
+  if (impl_->seq_len[sequence] > 0) {
+    if (impl_->predictor != nullptr) impl_->predictor->EndSequence(impl_->request_of[sequence]);
+    impl_->request_of[sequence] = impl_->next_request++;
+  }
   impl_->seq_len[sequence] = 0;
   return absl::OkStatus();
 }

@@ -27,6 +27,7 @@
 
 #include "absl/status/statusor.h"
 #include "memory/expert_cache.h"
+#include "predictor/prefetch_planner.h"
 #include "predictor/routing_trace.h"
 #include "runtime/device.h"
 #include "runtime/model.h"
@@ -41,6 +42,15 @@ struct EngineOptions {
   int64_t max_context = 0;      // tokens per sequence; 0: min(max_position_embeddings, 4096)
   int64_t prefill_chunk = 256;  // tokens per prefill step
   int32_t num_threads = 0;      // 0: all cores
+  // Prediction and prefetching (predictor/prefetch_planner.h, the rule moe-replay shares).
+  // predictor: "none", "gate" (next-layer gate: coming layers' routers applied to the token's
+  // residual stream; needs no tables) or a MakePredictor name ("frequency", "transition",
+  // "recency", "combined"), optionally with tables from predictor_file (Predictor::Load).
+  // With a predictor, its one-layer-ahead recall is measured (EngineStats::recall) even when
+  // prefetch.depth is 0. Predictions only schedule copies; routing is always the router's.
+  std::string predictor = "none";
+  std::string predictor_file;
+  PrefetchOptions prefetch;
 };
 
 struct PhaseStats {
@@ -60,6 +70,9 @@ struct EngineStats {
   uint64_t setup_bytes_to_device = 0;  // copied at Create (the weights), before any token
   uint64_t activation_bytes = 0;       // activations + KV cache
   int64_t expert_slots = 0;
+  // One-layer-ahead recall of the predictor at budget prefetch.budget (top_k when 0); empty
+  // vectors without a predictor.
+  PredictionRecall recall;
 };
 
 struct SequenceTokens {
@@ -69,7 +82,9 @@ struct SequenceTokens {
 
 class Engine {
  public:
-  // InvalidArgument for bad options (unknown policy, zero chunk); ResourceExhausted when the
+  // InvalidArgument for bad options (unknown policy or predictor, zero chunk, prefetch budget
+  // above the experts per layer); a predictor_file that cannot be loaded or does not match the
+  // model is an error naming the file. ResourceExhausted when the
   // expert budget holds fewer than top_k experts per cache partition ("budget smaller than one
   // token's experts"), naming the budget and the expert size.
   static absl::StatusOr<std::unique_ptr<Engine>> Create(std::shared_ptr<const Model> model,

@@ -36,9 +36,9 @@ extern "C" {
 #endif
 
 #define MOE_VERSION_MAJOR 0
-#define MOE_VERSION_MINOR 1
+#define MOE_VERSION_MINOR 2
 #define MOE_VERSION_PATCH 0
-#define MOE_VERSION_STRING "0.1.0"
+#define MOE_VERSION_STRING "0.2.0"
 
 typedef enum moe_status {
   MOE_OK = 0,
@@ -126,6 +126,14 @@ typedef struct moe_context_params {
   int32_t max_context;   /* tokens per sequence; 0 (default): min(max_position, 4096) */
   int32_t prefill_chunk; /* prompt tokens per prefill step; default 256 */
   int32_t num_threads;   /* 0 (default): all cores */
+  /* Router predictor that schedules prefetches: "none" (default), "gate" (coming layers'
+   * routers applied to the token's hidden state), "frequency", "transition", "recency",
+   * "combined". Predictions never change which experts compute a token. */
+  const char* predictor;
+  /* Learned predictor tables (moe-replay --save-predictor); NULL or "" (default): none. */
+  const char* predictor_file;
+  int32_t prefetch_depth;  /* layers ahead to prefetch with a predictor; default 1 */
+  int32_t prefetch_budget; /* experts prefetched per predicted layer; 0 (default): top-k */
 } moe_context_params;
 MOE_API moe_context_params moe_context_default_params(void);
 
@@ -194,8 +202,18 @@ typedef struct moe_stats {
   uint64_t device_capacity_bytes; /* weights + expert slots + activations + KV cache */
   uint64_t expert_slot_bytes;     /* the expert budget actually used for slots */
   int64_t expert_slots;
+  uint64_t prefetch_loads;        /* experts copied ahead of demand (in expert_loads) */
+  uint64_t prefetch_useful;       /* prefetched experts later used */
+  uint64_t prefetch_wasted_bytes; /* bytes of prefetched experts evicted unused */
+  /* The predictor's one-layer-ahead recall over all layers: the fraction of routed experts that
+   * were among its top-budget guesses. 0 without a predictor. */
+  double prediction_recall;
 } moe_stats;
 MOE_API moe_status moe_context_get_stats(const moe_context* context, moe_stats* stats_out);
+/* Per-layer one-layer-ahead recall of the predictor: writes num_layers values (capacity must be
+ * >= the model's layers). MOE_FAILED_PRECONDITION without a predictor. */
+MOE_API moe_status moe_context_get_layer_recall(const moe_context* context, double* recall_out,
+                                                size_t capacity);
 
 /* Records every token's routing from now on (restarting any recording in progress). */
 MOE_API moe_status moe_trace_start(moe_context* context);

@@ -178,7 +178,50 @@ int main(void) {
   if (f != NULL) fclose(f);
   remove(trace_path);
 
+  /* Without a predictor there is no recall to read. */
+  double recall[8];
+  CHECK_STATUS(moe_context_get_layer_recall(ctx, recall, 8), MOE_FAILED_PRECONDITION);
+  CHECK(strstr(moe_last_error(), "no predictor") != NULL);
+  CHECK(stats.prefetch_loads == 0 && stats.prediction_recall == 0.0);
   moe_context_free(ctx);
+
+  /* With the next-layer gate predictor: prefetches happen, recall is measured per layer, and the
+   * generated tokens are the same as without it. */
+  CHECK_STATUS(moe_model_load(dir, &model), MOE_OK);
+  if (model == NULL) return 1;
+  moe_context_params pp = moe_context_default_params();
+  pp.expert_budget_fraction = 0.25;
+  pp.predictor = "gate";
+  pp.prefetch_depth = 2;
+  moe_context* pctx = NULL;
+  CHECK_STATUS(moe_context_create(model, &pp, &pctx), MOE_OK);
+  int32_t predicted_out[8];
+  size_t predicted_n = 0;
+  CHECK_STATUS(moe_generate(pctx, 0, ids, n, &gp, predicted_out, 8, &predicted_n, NULL, NULL),
+               MOE_OK);
+  CHECK(predicted_n == 8);
+  CHECK(memcmp(predicted_out, out, sizeof(int32_t) * 3) == 0);
+  moe_stats pstats;
+  CHECK_STATUS(moe_context_get_stats(pctx, &pstats), MOE_OK);
+  CHECK(pstats.prefetch_loads > 0 && pstats.prefetch_useful <= pstats.prefetch_loads);
+  CHECK(pstats.prediction_recall > 0.0 && pstats.prediction_recall <= 1.0);
+  CHECK_STATUS(moe_context_get_layer_recall(pctx, recall, 3), MOE_OUT_OF_RANGE);
+  CHECK_STATUS(moe_context_get_layer_recall(pctx, NULL, 8), MOE_INVALID_ARGUMENT);
+  CHECK_STATUS(moe_context_get_layer_recall(NULL, recall, 8), MOE_INVALID_ARGUMENT);
+  CHECK_STATUS(moe_context_get_layer_recall(pctx, recall, 8), MOE_OK);
+  for (int l = 0; l < 4; ++l) CHECK(recall[l] >= 0.0 && recall[l] <= 1.0);
+  moe_context_free(pctx);
+
+  /* A predictor the library does not know, and a predictor file that does not exist. */
+  pp.predictor = "oracle";
+  CHECK_STATUS(moe_context_create(model, &pp, &pctx), MOE_INVALID_ARGUMENT);
+  CHECK(strstr(moe_last_error(), "oracle") != NULL);
+  pp.predictor = "transition";
+  pp.predictor_file = "/nonexistent/tables.safetensors";
+  CHECK(moe_context_create(model, &pp, &pctx) != MOE_OK);
+  CHECK(strstr(moe_last_error(), "/nonexistent/tables.safetensors") != NULL);
+  moe_model_free(model);
+
   free(logits);
   moe_set_log_callback(NULL, NULL, MOE_LOG_WARNING);
   if (failures != 0) {

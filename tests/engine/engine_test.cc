@@ -6,6 +6,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "predictor/predictor.h"
 #include "runtime/engine.h"
 #include "runtime/generate.h"
 #include "runtime/model.h"
@@ -215,6 +216,145 @@ TEST(Engine, ReplayOfTheEnginesTraceReportsTheSameHitRate) {
       (void)c;
     }
   }
+}
+
+// Runs three requests one after another on sequence 0 (prompt + greedy decode) and returns the
+// logits of every generated step, for comparing runs that must not differ.
+std::vector<float> RunRequests(Engine& engine) {
+  std::vector<float> all;
+  for (int s = 0; s < 3; ++s) {
+    EXPECT_TRUE(engine.ResetSequence(0).ok());
+    std::vector<int32_t> tokens = Prompt(7 + 4 * s, s);
+    std::vector<float> logits(static_cast<size_t>(engine.model().config.vocab_size));
+    for (int step = 0; step < 8; ++step) {
+      const SequenceTokens entry{0, tokens};
+      EXPECT_TRUE(engine.Evaluate({&entry, 1}, false, logits).ok());
+      all.insert(all.end(), logits.begin(), logits.end());
+      tokens = {
+          static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin())};
+    }
+  }
+  return all;
+}
+
+TEST(Engine, PredictionAndPrefetchingNeverChangeTheResult) {
+  const uint64_t expert_bytes = TinyModel()->weights.expert_bytes;
+  EngineOptions base;
+  base.expert_budget_bytes = expert_bytes * 9;
+  base.prefill_chunk = 5;
+  auto plain = MakeEngine(base);
+  ASSERT_NE(plain, nullptr);
+  const std::vector<float> expected = RunRequests(*plain);
+  const EngineStats plain_stats = plain->stats();
+  EXPECT_TRUE(plain_stats.recall.found.empty());
+  EXPECT_EQ(plain_stats.cache.prefetch_loads, 0u);
+
+  for (const char* predictor : {"gate", "frequency", "recency", "combined"}) {
+    for (int depth : {0, 1, 3}) {
+      SCOPED_TRACE(fmt::format("{} depth {}", predictor, depth));
+      EngineOptions options = base;
+      options.predictor = predictor;
+      options.prefetch.depth = depth;
+      auto engine = MakeEngine(options);
+      ASSERT_NE(engine, nullptr);
+      EXPECT_EQ(MaxAbsDiff(RunRequests(*engine), expected), 0.0);
+      const EngineStats s = engine->stats();
+      const int32_t L = static_cast<int32_t>(TinyModel()->config.num_layers);
+      ASSERT_EQ(s.recall.found.size(), static_cast<size_t>(L));
+      uint64_t chosen = 0;
+      for (int32_t l = 0; l < L; ++l) {
+        EXPECT_LE(s.recall.found[l], s.recall.chosen[l]);
+        chosen += s.recall.chosen[l];
+      }
+      // Every token's routing at every layer was scored: top_k experts per token-layer.
+      EXPECT_EQ(chosen, (s.prefill.tokens + s.decode.tokens) * L * TinyModel()->config.top_k);
+      EXPECT_EQ(s.cache.accesses, plain_stats.cache.accesses);
+      if (depth == 0) EXPECT_EQ(s.cache.prefetch_loads, 0u);
+      if (depth > 0) EXPECT_GT(s.cache.prefetch_loads, 0u);
+      EXPECT_LE(s.cache.prefetch_useful + s.cache.prefetch_wasted, s.cache.prefetch_loads);
+      // Prefetched bytes went through the device like demand loads.
+      EXPECT_EQ(s.device.bytes_to_device, s.cache.bytes_loaded + s.setup_bytes_to_device);
+    }
+  }
+}
+
+TEST(Engine, GatePredictorBeatsLayerFrequencyOnTheTinyModel) {
+  // Even with random weights the residual stream carries the token's identity from layer to
+  // layer, so the next layer's router applied to it ranks that layer's experts far better than
+  // their frequency. (On the trained demo model the gap is what bench/RESULTS.md records.)
+  EngineOptions options;
+  options.predictor = "gate";
+  auto gate = MakeEngine(options);
+  options.predictor = "frequency";
+  auto frequency = MakeEngine(options);
+  ASSERT_NE(gate, nullptr);
+  ASSERT_NE(frequency, nullptr);
+  RunRequests(*gate);
+  RunRequests(*frequency);
+  const double g = gate->stats().recall.RecallFrom(1), f = frequency->stats().recall.RecallFrom(1);
+  EXPECT_GT(g, f + 0.05) << "gate " << g << " frequency " << f;
+}
+
+TEST(Engine, ReplayWithTheSamePredictorPrefetchesExactlyAsLive) {
+  const uint64_t expert_bytes = TinyModel()->weights.expert_bytes;
+  for (const char* predictor : {"frequency", "recency", "combined"}) {
+    for (CacheScope scope : {CacheScope::kGlobal, CacheScope::kLayer}) {
+      SCOPED_TRACE(fmt::format("{} {}", predictor, CacheScopeName(scope)));
+      EngineOptions options;
+      options.scope = scope;
+      options.prefill_chunk = 5;
+      options.expert_budget_bytes = expert_bytes * (scope == CacheScope::kLayer ? 3 * 4 : 9);
+      options.predictor = predictor;
+      options.prefetch.depth = 2;
+      auto engine = MakeEngine(options);
+      ASSERT_NE(engine, nullptr);
+      engine->StartTrace();
+      RunRequests(*engine);
+      auto trace = engine->StopTrace();
+      ASSERT_TRUE(trace.ok()) << trace.status();
+      const EngineStats live = engine->stats();
+
+      PredictorOptions po;
+      po.space = trace->space();
+      po.top_k = trace->header.top_k;
+      auto replay_predictor = MakePredictor(predictor, po);
+      ASSERT_TRUE(replay_predictor.ok());
+      ReplayOptions ro;
+      ro.scope = scope;
+      ro.budget_bytes = live.expert_arena_bytes;
+      ro.prefetch_depth = 2;
+      const ReplaySchedule schedule(*trace, {}, 1, 5);
+      auto replayed = RunReplay(*trace, schedule, ro, replay_predictor->get());
+      ASSERT_TRUE(replayed.ok()) << replayed.status();
+      EXPECT_EQ(replayed->stats.accesses, live.cache.accesses);
+      EXPECT_EQ(replayed->stats.hits, live.cache.hits);
+      EXPECT_EQ(replayed->stats.prefetch_loads, live.cache.prefetch_loads);
+      EXPECT_EQ(replayed->stats.prefetch_useful, live.cache.prefetch_useful);
+      EXPECT_EQ(replayed->stats.evictions, live.cache.evictions);
+      EXPECT_GT(live.cache.prefetch_loads, 0u);
+    }
+  }
+}
+
+TEST(Engine, BadPredictorOptionsAreClearErrors) {
+  EngineOptions options;
+  options.predictor = "oracle";
+  auto e = Engine::Create(TinyModel(), options);
+  ASSERT_FALSE(e.ok());
+  EXPECT_THAT(std::string(e.status().message()), HasSubstr("oracle"));
+
+  options.predictor = "gate";
+  options.prefetch.budget = 99;
+  e = Engine::Create(TinyModel(), options);
+  ASSERT_FALSE(e.ok());
+  EXPECT_THAT(std::string(e.status().message()), HasSubstr("budget 99"));
+
+  options.prefetch.budget = 0;
+  options.predictor = "transition";
+  options.predictor_file = "/nonexistent/tables.safetensors";
+  e = Engine::Create(TinyModel(), options);
+  ASSERT_FALSE(e.ok());
+  EXPECT_THAT(std::string(e.status().message()), HasSubstr("/nonexistent/tables.safetensors"));
 }
 
 TEST(Generate, GreedyFollowsTheArgmaxAndSamplingIsReproducible) {

@@ -8,6 +8,7 @@
 #include <optional>
 
 #include "memory/expert_set.h"
+#include "predictor/prefetch_planner.h"
 #include "runtime/status.h"
 #include "tools/replay/link_model.h"
 
@@ -162,9 +163,13 @@ absl::StatusOr<ReplayResult> RunReplay(const RoutingTrace& trace, const ReplaySc
         s.prefetch_wasted_bytes + unused * c.options().expert_bytes;
   };
 
-  std::vector<float> probs(static_cast<size_t>(space.num_experts));
-  std::vector<int32_t> order(static_cast<size_t>(space.num_experts));  // TopExpertIds scratch
-  const bool scores_read = options.policy == "predictive";
+  // Only the "predictive" policy reads the scores.
+  std::optional<PrefetchPlanner> planner;
+  if (predictor != nullptr) {
+    planner.emplace(
+        *predictor, options.policy == "predictive" ? &scores : nullptr,
+        PrefetchOptions{options.prefetch_depth, prefetch_budget, options.prefetch_threshold});
+  }
   // Scratch of multi-token steps.
   std::vector<uint32_t> seen_stamp(static_cast<size_t>(space.size()), 0), index_of(seen_stamp);
   uint32_t stamp = 0;
@@ -287,25 +292,10 @@ absl::StatusOr<ReplayResult> RunReplay(const RoutingTrace& trace, const ReplaySc
           for (int32_t j = 0; j < K; ++j) cache->Release(base + experts[j]);
         }
 
-        if (predictor == nullptr) continue;
-        predictor->Observe(tok.sequence, l, experts);
-        // Only the "predictive" policy reads the scores; the scores of layer l now describe its
-        // next visit: the sequence's next token.
-        if (scores_read) {
-          predictor->Predict(tok.sequence, l, probs);
-          scores.SetLayer(l, probs);
-        }
-        for (int32_t d = 1; d <= options.prefetch_depth; ++d) {
-          const int32_t target = (l + d) % L;
-          predictor->Predict(tok.sequence, target, probs);
-          if (scores_read) scores.SetLayer(target, probs);
-          const int32_t n = TopExpertIds(probs, prefetch_budget, order);
-          for (int32_t i = 0; i < n; ++i) {
-            const int32_t e = order[i];
-            if (probs[e] < options.prefetch_threshold) break;  // most probable first
-            const ExpertKey key = space.Key(target, e);
-            if (cache->Prefetch(key) && timed) link->EnqueuePrefetch(key, now);
-          }
+        if (planner) {
+          planner->AfterRouting(*cache, tok.sequence, l, experts, {}, [&](ExpertKey key) {
+            if (timed) link->EnqueuePrefetch(key, now);
+          });
         }
       }
       if (timed) {

@@ -97,7 +97,9 @@ int32_t OnToken(int32_t token, void* user) {
 
 int Main(int argc, char** argv) {
   std::string model_dir, prompt, prompt_ids, budget_text = "all", policy = "lru", scope = "global",
-                                             trace_out, device = "cpu";
+                                             trace_out, device = "cpu", predictor = "none",
+                                             predictor_file;
+  int64_t prefetch_depth = 1, prefetch_budget = 0;
   int64_t max_tokens = 32, top_k = 0, seed = 0, threads = 0, prefill_chunk = 256;
   int64_t max_context = 0;
   double temperature = 0, top_p = 1;
@@ -117,6 +119,14 @@ int Main(int argc, char** argv) {
   flags.AddString("scope", &scope, "cache scope: global or layer");
   flags.AddString("device", &device, "device: cpu or auto");
   flags.AddString("trace-out", &trace_out, "record the run's routing into this trace file");
+  flags.AddString("predictor", &predictor,
+                  "router predictor for prefetching: none, gate, frequency, transition, recency, "
+                  "combined");
+  flags.AddString("predictor-file", &predictor_file,
+                  "learned predictor tables (moe-replay --save-predictor)");
+  flags.AddInt("prefetch-depth", &prefetch_depth, "layers ahead to prefetch with a predictor");
+  flags.AddInt("prefetch-budget", &prefetch_budget,
+               "experts prefetched per predicted layer (0: top-k)");
   flags.AddDouble("temperature", &temperature, "sampling temperature (0: greedy)");
   flags.AddInt("top-k", &top_k, "sample among the k most probable tokens (0: all)");
   flags.AddDouble("top-p", &top_p, "nucleus sampling threshold in (0, 1]");
@@ -187,6 +197,10 @@ int Main(int argc, char** argv) {
   cp.num_threads = static_cast<int32_t>(threads);
   cp.prefill_chunk = static_cast<int32_t>(prefill_chunk);
   cp.max_context = static_cast<int32_t>(max_context);
+  cp.predictor = predictor.c_str();
+  cp.predictor_file = predictor_file.c_str();
+  cp.prefetch_depth = static_cast<int32_t>(prefetch_depth);
+  cp.prefetch_budget = static_cast<int32_t>(prefetch_budget);
   moe_context* ctx = nullptr;
   s = moe_context_create(model, &cp, &ctx);
   if (s != MOE_OK) {
@@ -253,6 +267,17 @@ int Main(int argc, char** argv) {
       stats.expert_loads, stats.expert_evictions, FormatBytes(stats.bytes_to_device),
       stats.load_seconds, FormatBytes(stats.device_peak_bytes),
       FormatBytes(stats.device_capacity_bytes));
+  if (predictor != "none") {
+    std::vector<double> recall(static_cast<size_t>(info.num_layers));
+    moe_context_get_layer_recall(ctx, recall.data(), recall.size());
+    std::string per_layer;
+    for (double r : recall) per_layer += fmt::format(" {:.2f}", r);
+    std::cerr << fmt::format(
+        "prediction      {} (depth {}): one-layer-ahead recall {:.4f}, per layer:{}\n"
+        "prefetch        {} loads, {} useful, {} wasted\n",
+        predictor, prefetch_depth, stats.prediction_recall, per_layer, stats.prefetch_loads,
+        stats.prefetch_useful, FormatBytes(stats.prefetch_wasted_bytes));
+  }
   if (!trace_out.empty()) {
     std::cerr << fmt::format(
         "trace           {} (replay: moe-replay --trace {} --budget-bytes {} --scope {} "

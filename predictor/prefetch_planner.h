@@ -1,0 +1,93 @@
+// What to prefetch after a token's routing at a layer is known: the one rule shared by
+// `moe-replay` and the live engine, so that replayed prefetching predicts live prefetching.
+//
+// AfterRouting(cache, seq, layer, experts, hidden):
+//   1. predictor.Observe(seq, layer, experts), then, when `hidden` is not empty (the engine
+//      passes the token's residual stream after the layer to predictors that use hidden states),
+//      predictor.ObserveHidden(seq, layer, hidden);
+//   2. when `scores` is set (the "predictive" eviction policy reads them): the scores of `layer`
+//      become the prediction for its next visit (the sequence's next token);
+//   3. for d = 1 .. depth, target = (layer + d) mod L (wrapping to the next token's early layers):
+//      predict the target, refresh its scores, and prefetch its `budget` most probable experts
+//      (most probable first, stopping below `threshold`) that are not resident:
+//      cache.Prefetch(key); for each expert that this inserts, on_prefetch(key) runs (the engine
+//      copies it into its slot; replay queues it on the link model).
+//
+// No allocation after construction. Thread-safety: none (the cache's owner drives it).
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "memory/expert_cache.h"
+#include "memory/expert_scores.h"
+#include "predictor/predictor.h"
+
+namespace moe {
+
+struct PrefetchOptions {
+  int32_t depth = 0;       // layers ahead to prefetch; 0: none (the predictor still observes)
+  int32_t budget = 0;      // experts prefetched per predicted layer; 0: top_k
+  double threshold = 0.0;  // only prefetch experts predicted with at least this probability
+};
+
+class PrefetchPlanner {
+ public:
+  // `scores` may be null. The predictor and scores must outlive the planner.
+  PrefetchPlanner(Predictor& predictor, ExpertScores* scores, const PrefetchOptions& options);
+
+  template <typename OnPrefetch>
+  void AfterRouting(ExpertCache& cache, int64_t seq, int32_t layer,
+                    std::span<const uint16_t> experts, std::span<const float> hidden,
+                    OnPrefetch&& on_prefetch) {
+    predictor_.Observe(seq, layer, experts);
+    if (!hidden.empty()) predictor_.ObserveHidden(seq, layer, hidden);
+    if (scores_ != nullptr) {
+      predictor_.Predict(seq, layer, probs_);
+      scores_->SetLayer(layer, probs_);
+    }
+    const int32_t L = space_.num_layers;
+    for (int32_t d = 1; d <= options_.depth; ++d) {
+      const int32_t target = (layer + d) % L;
+      predictor_.Predict(seq, target, probs_);
+      if (scores_ != nullptr) scores_->SetLayer(target, probs_);
+      const int32_t n = TopExpertIds(probs_, budget_, order_);
+      for (int32_t i = 0; i < n; ++i) {
+        const int32_t e = order_[i];
+        if (probs_[e] < options_.threshold) break;  // most probable first
+        const ExpertKey key = space_.Key(target, e);
+        if (cache.Prefetch(key)) on_prefetch(key);
+      }
+    }
+  }
+
+  const PrefetchOptions& options() const { return options_; }
+  Predictor& predictor() { return predictor_; }
+
+ private:
+  Predictor& predictor_;
+  ExpertScores* scores_;
+  PrefetchOptions options_;
+  ExpertSpace space_;
+  int32_t budget_;
+  std::vector<float> probs_;
+  std::vector<int32_t> order_;  // TopExpertIds scratch
+};
+
+// Per-layer recall of a predictor's one-layer-ahead guess, as the engine measures it live:
+// before a token's routing at layer l is observed, the predictor's top-`budget` experts for l
+// are compared with the experts the router chose. recall(l) = found / chosen.
+struct PredictionRecall {
+  int32_t budget = 0;
+  std::vector<uint64_t> found;   // [L]
+  std::vector<uint64_t> chosen;  // [L]
+
+  double Recall(int32_t layer) const {
+    return chosen[layer] ? double(found[layer]) / double(chosen[layer]) : 0.0;
+  }
+  // Over layers [first, L).
+  double RecallFrom(int32_t first) const;
+};
+
+}  // namespace moe
