@@ -130,7 +130,7 @@ typedef struct moe_context_params {
    * routers applied to the token's hidden state), "frequency", "transition", "recency",
    * "combined". Predictions never change which experts compute a token. */
   const char* predictor;
-  /* Learned predictor tables (moe-replay --save-predictor); NULL or "" (default): none. */
+  /* Learned predictor tables (moe-replay --predictor-out); NULL or "" (default): none. */
   const char* predictor_file;
   int32_t prefetch_depth;  /* layers ahead to prefetch with a predictor; default 1 */
   int32_t prefetch_budget; /* experts prefetched per predicted layer; 0 (default): top-k */

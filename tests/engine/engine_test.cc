@@ -269,8 +269,11 @@ TEST(Engine, PredictionAndPrefetchingNeverChangeTheResult) {
       // Every token's routing at every layer was scored: top_k experts per token-layer.
       EXPECT_EQ(chosen, (s.prefill.tokens + s.decode.tokens) * L * TinyModel()->config.top_k);
       EXPECT_EQ(s.cache.accesses, plain_stats.cache.accesses);
-      if (depth == 0) EXPECT_EQ(s.cache.prefetch_loads, 0u);
-      if (depth > 0) EXPECT_GT(s.cache.prefetch_loads, 0u);
+      if (depth == 0) {
+        EXPECT_EQ(s.cache.prefetch_loads, 0u);
+      } else {
+        EXPECT_GT(s.cache.prefetch_loads, 0u);
+      }
       EXPECT_LE(s.cache.prefetch_useful + s.cache.prefetch_wasted, s.cache.prefetch_loads);
       // Prefetched bytes went through the device like demand loads.
       EXPECT_EQ(s.device.bytes_to_device, s.cache.bytes_loaded + s.setup_bytes_to_device);

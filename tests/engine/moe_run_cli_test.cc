@@ -79,6 +79,39 @@ TEST_F(MoeRunTest, GeneratesUnderABudgetAndItsTraceReplaysToTheSameHitRate) {
   EXPECT_EQ(fmt::format("{:.4f}", j["hit_rate"].get<double>()), live_hit_rate);
 }
 
+TEST_F(MoeRunTest, PrefetchingRunsReplayToTheSameHitRateAndPrefetchCounts) {
+  const std::string trace = (dir_ / "prefetch.moetrace").string();
+  const CommandResult r =
+      RunTool("moe-run --model " + kGolden + "mixtral-tiny-f32 --prompt 'The licence grants' " +
+              "--max-tokens 12 --no-eos --expert-budget 25% --predictor frequency " +
+              "--prefetch-depth 2 --trace-out " + trace);
+  ASSERT_EQ(r.exit_code, 0) << r.errors;
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(r.errors, m, std::regex("hit rate ([0-9.]+)"))) << r.errors;
+  const std::string live_hit_rate = m[1];
+  ASSERT_TRUE(std::regex_search(r.errors, m, std::regex("prefetch +([0-9]+) loads"))) << r.errors;
+  const int live_prefetches = std::stoi(m[1]);
+  EXPECT_GT(live_prefetches, 0);
+  EXPECT_THAT(r.errors, HasSubstr("one-layer-ahead recall"));
+  ASSERT_TRUE(std::regex_search(r.errors, m, std::regex("replay: (moe-replay [^)]*)")));
+  EXPECT_THAT(std::string(m[1]), HasSubstr("--predictor frequency --prefetch-depth 2"));
+  const CommandResult replay = RunTool(std::string(m[1]) + " --json");
+  ASSERT_EQ(replay.exit_code, 0) << replay.errors;
+  const auto j = nlohmann::json::parse(replay.output);
+  EXPECT_EQ(fmt::format("{:.4f}", j["hit_rate"].get<double>()), live_hit_rate);
+  EXPECT_EQ(j["prefetches"].get<int>(), live_prefetches);
+
+  // The gate predictor cannot be replayed from ids: the summary says so.
+  const CommandResult gate = RunTool("moe-run --model " + kGolden + "mixtral-tiny-f32 " +
+                                     "--prompt-ids 5,6,7 --max-tokens 4 --expert-budget 25% " +
+                                     "--predictor gate --trace-out " + trace);
+  ASSERT_EQ(gate.exit_code, 0) << gate.errors;
+  EXPECT_THAT(gate.errors, HasSubstr("gate predictor reads hidden states"));
+  ExpectOneErrorLine(RunTool("moe-run --model " + kGolden + "mixtral-tiny-f32 --prompt-ids 5 " +
+                             "--predictor psychic"),
+                     "psychic");
+}
+
 TEST_F(MoeRunTest, TokenIdsWorkWithoutATokenizerAndTextDoesNot) {
   const std::string qwen = kGolden + "qwen2moe-tiny-f32";
   CommandResult r = RunTool("moe-run --model " + qwen + " --prompt-ids 5,6,7 --max-tokens 4");

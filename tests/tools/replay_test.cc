@@ -192,6 +192,24 @@ TEST(LinkModel, EvictedQueuedPrefetchIsCancelledAndNeededOneIsPromoted) {
   EXPECT_DOUBLE_EQ(link.busy_us(), 20.0);
 }
 
+TEST(LinkModel, ACancelledPrefetchQueuedAgainWaitsBehindThoseQueuedBeforeIt) {
+  // The old queue revived a cancelled entry in its original place; a new request must go to the
+  // back, after prefetches issued in between, with its new issue time.
+  ExpertSpace space{1, 8};
+  LinkModel link(space, 10.0);
+  link.Demand(0, 0);  // busy until 10
+  link.EnqueuePrefetch(1, 0);
+  link.EnqueuePrefetch(2, 1);
+  link.OnEvict(1);             // cancelled while queued
+  link.EnqueuePrefetch(1, 2);  // asked for again: behind 2
+  link.AdvanceTo(1000);
+  bool in_flight = false;
+  EXPECT_DOUBLE_EQ(link.ReadyTime(2, 1000, &in_flight), 20.0);
+  EXPECT_DOUBLE_EQ(link.ReadyTime(1, 1000, &in_flight), 30.0);
+  EXPECT_EQ(link.transfers(), 3u);
+  EXPECT_EQ(link.cancelled(), 1u);
+}
+
 // Independent per-layer LRU over k-sets: the token's set is touched together; a miss evicts the
 // least recently used expert not in the current set.
 uint64_t BruteForceLruHits(const RoutingTrace& t, int64_t capacity) {

@@ -2,9 +2,18 @@
 //
 // One transfer at a time, each taking `transfer_us` (expert bytes / link bandwidth). Demand
 // loads have priority: a demand load waits only for the transfer in progress, then runs ahead of
-// every prefetch still queued. Prefetches run in issue order whenever the link is free. A queued
-// prefetch whose expert is evicted before its transfer starts is cancelled and costs nothing; a
-// queued prefetch that demand needs is promoted (it becomes a demand load).
+// every prefetch still queued. Prefetches run in issue order whenever the link is free, never
+// before their issue time. A queued prefetch whose expert is evicted before its transfer starts
+// is cancelled and costs nothing; a queued prefetch that demand needs is promoted (it becomes a
+// demand load).
+//
+// Which transfers wait, in which order, their de-duplication, cancellation and promotion are the
+// engine's TransferQueue (memory/transfer_queue.h: prefetches at kLookahead, demand loads at
+// kDemand, no byte budget or cap); this class adds the virtual clock: issue times, the start and
+// arrival of each transfer, and completion once the clock passes an arrival. The cache is the
+// authority on residency: when it reports a key missing (Demand, EnqueuePrefetch) while the queue
+// still tracks a started transfer of it (replay's reset_per_sequence drops a cache without
+// evictions), that transfer is detached first and the key is loaded again.
 //
 // Time is in microseconds on a virtual clock owned by the caller, which must call AdvanceTo with
 // non-decreasing times. Not thread-safe.
@@ -15,6 +24,7 @@
 #include <vector>
 
 #include "experts/expert_id.h"
+#include "memory/transfer_queue.h"
 
 namespace moe {
 
@@ -22,11 +32,12 @@ class LinkModel {
  public:
   LinkModel(ExpertSpace space, double transfer_us);
 
-  // Starts every queued prefetch whose start time (link free and issued) is <= now.
+  // Completes the transfers that arrived by `now`, then starts every queued prefetch whose start
+  // time (link free and issued) is <= now.
   void AdvanceTo(double now);
-  // A demand load of `key` issued at `now`; returns its arrival time.
+  // A demand load of `key` (a cache miss) issued at `now`; returns its arrival time.
   double Demand(ExpertKey key, double now);
-  // Queues a prefetch of `key` issued at `now`.
+  // Queues a prefetch of `key` (the cache just inserted it) issued at `now`.
   void EnqueuePrefetch(ExpertKey key, double now);
   // The expert was evicted: a queued prefetch of it is cancelled.
   void OnEvict(ExpertKey key);
@@ -35,25 +46,32 @@ class LinkModel {
   double ReadyTime(ExpertKey key, double now, bool* in_flight);
 
   double busy_us() const { return busy_us_; }
-  uint64_t transfers() const { return transfers_; }
-  uint64_t cancelled() const { return cancelled_; }
+  uint64_t transfers() const { return queue_.counters().started; }
+  uint64_t cancelled() const { return queue_.counters().cancelled; }
   double transfer_us() const { return transfer_us_; }
+  // The queue's books (in units of one transfer: expert_bytes is 1): useful, late and wasted
+  // prefetches as the engine's prefetcher would count them.
+  const TransferQueue& queue() const { return queue_; }
 
  private:
+  // Starts the transfer StartNext just returned for `key` at `start` (>= the link's free time).
   double Start(ExpertKey key, double start);
+  // Completes the started transfers that arrived by `now`.
+  void Retire(double now);
+  // Detaches a started transfer of `key` that the cache no longer holds.
+  void Forget(ExpertKey key);
 
+  TransferQueue queue_;
   double transfer_us_;
   double busy_until_ = 0;
   double busy_us_ = 0;
-  uint64_t transfers_ = 0;
-  uint64_t cancelled_ = 0;
-  std::vector<double> ready_;    // arrival time per key
-  std::vector<uint8_t> queued_;  // 1 while a prefetch of the key waits in queue_
-  struct Pending {
+  std::vector<double> ready_;   // arrival time of the key's latest transfer
+  std::vector<double> issued_;  // issue time of the key's queued prefetch
+  struct Started {
     ExpertKey key;
-    double issued;
+    double arrival;
   };
-  std::deque<Pending> queue_;  // may hold cancelled entries (queued_ == 0): skipped lazily
+  std::deque<Started> started_;  // in arrival order; detached entries are skipped when retired
 };
 
 }  // namespace moe

@@ -123,7 +123,7 @@ int Main(int argc, char** argv) {
                   "router predictor for prefetching: none, gate, frequency, transition, recency, "
                   "combined");
   flags.AddString("predictor-file", &predictor_file,
-                  "learned predictor tables (moe-replay --save-predictor)");
+                  "learned predictor tables (moe-replay --predictor-out)");
   flags.AddInt("prefetch-depth", &prefetch_depth, "layers ahead to prefetch with a predictor");
   flags.AddInt("prefetch-budget", &prefetch_budget,
                "experts prefetched per predicted layer (0: top-k)");
@@ -279,10 +279,21 @@ int Main(int argc, char** argv) {
         stats.prefetch_useful, FormatBytes(stats.prefetch_wasted_bytes));
   }
   if (!trace_out.empty()) {
+    // Id-only predictors replay exactly; the gate reads hidden states a trace does not hold.
+    std::string replay_flags;
+    if (predictor != "none" && predictor != "gate") {
+      replay_flags = fmt::format(" --predictor {} --prefetch-depth {} --prefetch-budget {}",
+                                 predictor, prefetch_depth, prefetch_budget);
+      if (!predictor_file.empty()) replay_flags += " --predictor-in " + predictor_file;
+    }
     std::cerr << fmt::format(
         "trace           {} (replay: moe-replay --trace {} --budget-bytes {} --scope {} "
-        "--policy {} --prefill-chunk {})\n",
-        trace_out, trace_out, stats.expert_slot_bytes, scope, policy, prefill_chunk);
+        "--policy {} --prefill-chunk {}{})\n",
+        trace_out, trace_out, stats.expert_slot_bytes, scope, policy, prefill_chunk, replay_flags);
+    if (predictor == "gate") {
+      std::cerr << "                (the gate predictor reads hidden states, which a trace does "
+                   "not hold: replay shows the cache without it)\n";
+    }
   }
   cleanup();
   return 0;
