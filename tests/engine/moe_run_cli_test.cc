@@ -112,6 +112,31 @@ TEST_F(MoeRunTest, PrefetchingRunsReplayToTheSameHitRateAndPrefetchCounts) {
                      "psychic");
 }
 
+TEST_F(MoeRunTest, PromptFileRunsEachLineAsItsOwnRequest) {
+  const std::string prompts = (dir_ / "prompts.txt").string();
+  const std::string trace = (dir_ / "prompts.moetrace").string();
+  {
+    std::ofstream out(prompts);
+    out << "The licence grants\n\n   \nYou may copy\nNo warranty\n";
+  }
+  const CommandResult r = RunTool("moe-run --model " + kGolden + "mixtral-tiny-f32 --prompt-file " +
+                                  prompts + " --max-tokens 4 --no-eos --trace-out " + trace);
+  ASSERT_EQ(r.exit_code, 0) << r.errors;
+  EXPECT_THAT(r.output, HasSubstr("The licence grants"));
+  EXPECT_THAT(r.output, HasSubstr("No warranty"));
+  EXPECT_THAT(r.errors, HasSubstr("decode          9 tokens"));  // 3 requests x 3
+  const CommandResult info = RunTool("moe-trace --in " + trace + " --info");
+  ASSERT_EQ(info.exit_code, 0) << info.errors;
+  EXPECT_THAT(info.output, HasSubstr("sequences            3"));
+
+  ExpectOneErrorLine(RunTool("moe-run --model " + kGolden + "mixtral-tiny-f32 --prompt-file " +
+                             (dir_ / "missing.txt").string()),
+                     "missing.txt");
+  ExpectOneErrorLine(RunTool("moe-run --model " + kGolden + "mixtral-tiny-f32 --prompt hi " +
+                             "--prompt-file " + prompts),
+                     "exactly one of");
+}
+
 TEST_F(MoeRunTest, TokenIdsWorkWithoutATokenizerAndTextDoesNot) {
   const std::string qwen = kGolden + "qwen2moe-tiny-f32";
   CommandResult r = RunTool("moe-run --model " + qwen + " --prompt-ids 5,6,7 --max-tokens 4");

@@ -3,6 +3,7 @@
 //   moe-run --model DIR --prompt "Once upon a time" --max-tokens 64 --expert-budget 50%
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -96,9 +97,9 @@ int32_t OnToken(int32_t token, void* user) {
 }
 
 int Main(int argc, char** argv) {
-  std::string model_dir, prompt, prompt_ids, budget_text = "all", policy = "lru", scope = "global",
-                                             trace_out, device = "cpu", predictor = "none",
-                                             predictor_file;
+  std::string model_dir, prompt, prompt_ids, prompt_file,
+      budget_text = "all", policy = "lru", scope = "global", trace_out, device = "cpu",
+      predictor = "none", predictor_file;
   int64_t prefetch_depth = 1, prefetch_budget = 0;
   int64_t max_tokens = 32, top_k = 0, seed = 0, threads = 0, prefill_chunk = 256;
   int64_t max_context = 0;
@@ -111,6 +112,9 @@ int Main(int argc, char** argv) {
   flags.AddString("model", &model_dir, "checkpoint directory (config.json + *.safetensors)");
   flags.AddString("prompt", &prompt, "prompt text (needs tokenizer.model in the directory)");
   flags.AddString("prompt-ids", &prompt_ids, "prompt as comma-separated token ids");
+  flags.AddString("prompt-file", &prompt_file,
+                  "one prompt per non-empty line, each a request of its own (the sequence is "
+                  "reset between them; the cache and predictor persist); the summary covers all");
   flags.AddInt("max-tokens", &max_tokens, "tokens to generate at most");
   flags.AddString("expert-budget", &budget_text,
                   "device memory for experts: a size (2GiB), a percentage of all expert bytes "
@@ -144,8 +148,19 @@ int Main(int argc, char** argv) {
   }
   if (!st.ok()) return Fail(std::string(st.message()));
   if (model_dir.empty()) return Fail("--model DIR is required (see --help)");
-  if (prompt.empty() == prompt_ids.empty()) {
-    return Fail("give exactly one of --prompt TEXT and --prompt-ids 1,2,3");
+  if (int(!prompt.empty()) + int(!prompt_ids.empty()) + int(!prompt_file.empty()) != 1) {
+    return Fail("give exactly one of --prompt TEXT, --prompt-ids 1,2,3 and --prompt-file FILE");
+  }
+  std::vector<std::string> prompts;  // texts, or one comma-separated id list
+  if (!prompt_file.empty()) {
+    std::ifstream in(prompt_file);
+    if (!in) return Fail(fmt::format("--prompt-file {}: cannot open it", prompt_file));
+    for (std::string line; std::getline(in, line);) {
+      if (line.find_first_not_of(" \t\r") != std::string::npos) prompts.push_back(line);
+    }
+    if (prompts.empty()) return Fail(fmt::format("--prompt-file {}: no prompts", prompt_file));
+  } else if (!prompt.empty()) {
+    prompts.push_back(prompt);
   }
   if (max_tokens < 0) return Fail(fmt::format("--max-tokens {} must be >= 0", max_tokens));
   auto budget = ParseBudget(budget_text);
@@ -158,8 +173,9 @@ int Main(int argc, char** argv) {
   moe_model_info info;
   moe_model_get_info(model, &info);
 
-  std::vector<int32_t> ids;
+  std::vector<std::vector<int32_t>> requests;
   if (!prompt_ids.empty()) {
+    std::vector<int32_t> ids;
     for (const std::string& part : SplitList(prompt_ids)) {
       char* end = nullptr;
       const long v = std::strtol(part.c_str(), &end, 10);
@@ -169,23 +185,27 @@ int Main(int argc, char** argv) {
       }
       ids.push_back(static_cast<int32_t>(v));
     }
-  } else {
-    size_t n = 0;
-    s = moe_tokenize(model, prompt.data(), prompt.size(), 1, nullptr, 0, &n);
-    if (s != MOE_OK && s != MOE_OUT_OF_RANGE) {
-      moe_model_free(model);
-      return FailC(s);
-    }
-    ids.resize(n);
-    s = moe_tokenize(model, prompt.data(), prompt.size(), 1, ids.data(), ids.size(), &n);
-    if (s != MOE_OK) {
-      moe_model_free(model);
-      return FailC(s);
-    }
+    requests.push_back(std::move(ids));
   }
-  if (ids.empty()) {
-    moe_model_free(model);
-    return Fail("the prompt has no tokens");
+  for (const std::string& text : prompts) {
+    size_t n = 0;
+    s = moe_tokenize(model, text.data(), text.size(), 1, nullptr, 0, &n);
+    std::vector<int32_t> ids(n);
+    if (s == MOE_OK || s == MOE_OUT_OF_RANGE) {
+      s = moe_tokenize(model, text.data(), text.size(), 1, ids.data(), ids.size(), &n);
+    }
+    if (s != MOE_OK) {
+      const int rc = FailC(s);
+      moe_model_free(model);
+      return rc;
+    }
+    requests.push_back(std::move(ids));
+  }
+  for (const std::vector<int32_t>& ids : requests) {
+    if (ids.empty()) {
+      moe_model_free(model);
+      return Fail("a prompt has no tokens");
+    }
   }
 
   moe_context_params cp = moe_context_default_params();
@@ -220,20 +240,23 @@ int Main(int argc, char** argv) {
   gp.top_p = static_cast<float>(top_p);
   gp.seed = static_cast<uint64_t>(seed);
   gp.stop_at_eos = no_eos ? 0 : 1;
-  StreamState stream{model, info.has_tokenizer != 0, quiet, {}, 0};
-  if (!quiet && !prompt.empty()) {
-    std::fputs(prompt.c_str(), stdout);
-    std::fflush(stdout);
-  }
   std::vector<int32_t> out(static_cast<size_t>(max_tokens) + 1);
-  size_t produced = 0;
-  s = moe_generate(ctx, 0, ids.data(), ids.size(), &gp, out.data(), out.size(), &produced, &OnToken,
-                   &stream);
-  if (!quiet) std::printf("\n");
-  if (s != MOE_OK) {
-    const int rc = FailC(s);
-    cleanup();
-    return rc;
+  for (size_t r = 0; r < requests.size(); ++r) {
+    StreamState stream{model, info.has_tokenizer != 0, quiet, {}, 0};
+    if (!quiet && r < prompts.size()) {
+      std::fputs(prompts[r].c_str(), stdout);
+      std::fflush(stdout);
+    }
+    size_t produced = 0;
+    moe_sequence_reset(ctx, 0);
+    s = moe_generate(ctx, 0, requests[r].data(), requests[r].size(), &gp, out.data(), out.size(),
+                     &produced, &OnToken, &stream);
+    if (!quiet) std::printf("\n");
+    if (s != MOE_OK) {
+      const int rc = FailC(s);
+      cleanup();
+      return rc;
+    }
   }
   moe_stats stats;
   moe_context_get_stats(ctx, &stats);
