@@ -10,8 +10,8 @@
 //   3. for d = 1 .. depth, target = (layer + d) mod L (wrapping to the next token's early layers):
 //      predict the target, refresh its scores, and prefetch its `budget` most probable experts
 //      (most probable first, stopping below `threshold`) that are not resident:
-//      cache.Prefetch(key); for each expert that this inserts, on_prefetch(key) runs (the engine
-//      copies it into its slot; replay queues it on the link model).
+//      cache.Prefetch(key); for each expert that this inserts, on_prefetch(key, d) runs (the
+//      engine queues its copy, with a priority by distance d; replay queues it on the link model).
 //
 // No allocation after construction. Thread-safety: none (the cache's owner drives it).
 #pragma once
@@ -57,7 +57,7 @@ class PrefetchPlanner {
         const int32_t e = order_[i];
         if (probs_[e] < options_.threshold) break;  // most probable first
         const ExpertKey key = space_.Key(target, e);
-        if (cache.Prefetch(key)) on_prefetch(key);
+        if (cache.Prefetch(key)) on_prefetch(key, d);
       }
     }
   }

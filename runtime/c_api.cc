@@ -384,7 +384,7 @@ moe_status moe_context_get_stats(const moe_context* context, moe_stats* stats_ou
   out.expert_misses = s.cache.misses;
   out.expert_loads = s.cache.loads();
   out.expert_evictions = s.cache.evictions;
-  out.bytes_to_device = s.cache.bytes_loaded;
+  out.bytes_to_device = s.transfers.bytes_started;
   out.prefill_tokens = s.prefill.tokens;
   out.decode_tokens = s.decode.tokens;
   out.prefill_seconds = s.prefill.seconds;

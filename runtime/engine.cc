@@ -10,6 +10,7 @@
 #include "memory/expert_set.h"
 #include "predictor/gate_predictor.h"
 #include "predictor/tracer.h"
+#include "runtime/expert_transfers.h"
 #include "runtime/logging.h"
 #include "runtime/status.h"
 
@@ -59,6 +60,11 @@ struct Engine::Impl {
   std::unique_ptr<HostExpertStore> store;
   std::unique_ptr<ExpertCache> cache;
   DeviceBuffer slots;
+  std::unique_ptr<ExpertTransfers> transfers;
+  bool charge_compute = false;  // fake device: kernels' weight bytes cost device time
+  double seconds_per_byte = 0;
+  std::vector<uint64_t> layer_weight_bytes;  // non-expert weights read per layer
+  std::vector<uint32_t> wave_order;          // scratch: wave members in expected arrival order
   uint64_t expert_bytes = 0;
 
   // Activations, [max_step_tokens, ...] each, and the KV cache.
@@ -108,7 +114,6 @@ struct Engine::Impl {
   absl::Status MoeBlock(int32_t layer, int64_t n);
   absl::Status CreatePredictor(const EngineOptions& options, const ExpertSpace& space);
   void MeasureRecall(int32_t layer, int64_t n);
-  void CopyExpertIn(ExpertKey key, bool prefill);
 };
 
 absl::Status Engine::Impl::CreatePredictor(const EngineOptions& options, const ExpertSpace& space) {
@@ -214,7 +219,24 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Mod
   m.dev = model->weights;
   const std::vector<WeightView*> views = NonExpertViews(m.dev, cfg.tie_word_embeddings);
   // The CPU device reads the mapped checkpoint in place: one copy of the weights in host memory.
-  m.device = MakeCpuDevice(0);
+  if (options.device == "fake") {
+    if (!(options.fake_device.link_bytes_per_second > 0) ||
+        !(options.fake_compute_bytes_per_second > 0)) {
+      return InvalidArgument("fake device: link {} B/s and compute {} B/s must be > 0",
+                             options.fake_device.link_bytes_per_second,
+                             options.fake_compute_bytes_per_second);
+    }
+    m.device = MakeFakeDevice(options.fake_device);
+    m.charge_compute = true;
+    m.seconds_per_byte = 1.0 / options.fake_compute_bytes_per_second;
+  } else if (options.device == "cpu") {
+    m.device = MakeCpuDevice(0);
+  } else {
+    return InvalidArgument("unknown device '{}' (engine devices: cpu, fake)", options.device);
+  }
+  if (options.copy_window < 1) {
+    return InvalidArgument("copy window {} must be >= 1", options.copy_window);
+  }
   const bool copy_weights = !m.device->reads_host_memory();
   uint64_t weight_bytes = 0;
   if (copy_weights) {
@@ -285,6 +307,21 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Mod
   m.routed_out = bufs[17];
 
   m.store = std::make_unique<HostExpertStore>(model->weights, space);
+  // Synchronous copies (the CPU device) are split over the pool; the fake device models each
+  // copy call, so an expert is three calls there.
+  m.transfers = std::make_unique<ExpertTransfers>(*m.device, *m.store, *m.cache, m.slots.data(),
+                                                  options.copy_window,
+                                                  m.charge_compute ? nullptr : m.pool.get());
+  m.cache->SetEvictionListener(
+      [t = m.transfers.get()](ExpertKey key, int32_t) { t->OnEvicted(key); });
+  for (const LayerWeights& l : m.dev.layers) {
+    uint64_t bytes = 0;
+    for (const WeightView* v : {&l.q, &l.k, &l.v, &l.o, &l.router, &l.shared_expert.gate,
+                                &l.shared_expert.up, &l.shared_expert.down}) {
+      if (v->present()) bytes += v->num_bytes();
+    }
+    m.layer_weight_bytes.push_back(bytes);
+  }
   m.seq_len.assign(static_cast<size_t>(options.max_sequences), 0);
   for (int32_t i = 0; i < options.max_sequences; ++i) m.request_of.push_back(m.next_request++);
   m.stats.setup_bytes_to_device = m.device->counters().bytes_to_device;
@@ -330,12 +367,33 @@ absl::Status Engine::Impl::MoeBlock(int32_t layer, int64_t n) {
   for (int64_t i = 0; i < n * K; ++i) rows[expert_fill[ids[i]]++] = static_cast<int32_t>(i);
 
   if (predictor != nullptr) MeasureRecall(layer, n);
+  PhaseStats& phase = n > 1 ? stats.prefill : stats.decode;
   MOE_RETURN_IF_ERROR(AcquireInWaves(
       *cache, keys, {}, wave, pending, [&](std::span<const AcquiredExpert> acquired) {
+        // Misses queue demand copies; hits on prefetches still on their way become demand.
+        auto start = Clock::now();
         for (const AcquiredExpert& a : acquired) {
-          if (a.loaded) CopyExpertIn(a.key, n > 1);
+          if (a.loaded) {
+            transfers->Demand(a.key);
+          } else {
+            transfers->Use(a.key);
+          }
         }
-        for (const AcquiredExpert& a : acquired) {
+        transfers->Pump();
+        phase.load_seconds += SecondsSince(start);
+        // The scheduler's order: experts already in their slots first, then by expected
+        // arrival, so compute runs while the remaining copies are on the link.
+        wave_order.clear();
+        for (uint32_t i = 0; i < acquired.size(); ++i) wave_order.push_back(i);
+        std::stable_sort(wave_order.begin(), wave_order.end(), [&](uint32_t x, uint32_t y) {
+          return transfers->ExpectedOrder(acquired[x].key) <
+                 transfers->ExpectedOrder(acquired[y].key);
+        });
+        for (uint32_t i : wave_order) {
+          const AcquiredExpert& a = acquired[i];
+          start = Clock::now();
+          MOE_RETURN_IF_ERROR(transfers->WaitReady(a.key));
+          phase.load_seconds += SecondsSince(start);
           const int32_t e = space.Id(a.key).expert;
           const int32_t first = expert_first[e], count = expert_count[e];
           for (int32_t r = 0; r < count; ++r) {
@@ -349,6 +407,8 @@ absl::Status Engine::Impl::MoeBlock(int32_t layer, int64_t n) {
             std::memcpy(routed_out + int64_t{rows[first + r]} * H, ye + int64_t{r} * H,
                         H * sizeof(float));
           }
+          if (charge_compute) device->ChargeCompute(double(expert_bytes) * seconds_per_byte);
+          transfers->Pump();
         }
         return absl::OkStatus();
       }));
@@ -377,18 +437,17 @@ absl::Status Engine::Impl::MoeBlock(int32_t layer, int64_t n) {
       planner->AfterRouting(*cache, step_requests[t], layer, token_experts,
                             hidden ? std::span<const float>(x + t * H, static_cast<size_t>(H))
                                    : std::span<const float>(),
-                            [&](ExpertKey key) { CopyExpertIn(key, n > 1); });
+                            [&](ExpertKey key, int32_t distance) {
+                              transfers->Prefetch(key, distance == 1
+                                                           ? TransferPriority::kNextLayer
+                                                           : TransferPriority::kLookahead);
+                            });
     }
+    const auto start = Clock::now();
+    transfers->Pump();
+    phase.load_seconds += SecondsSince(start);
   }
   return absl::OkStatus();
-}
-
-void Engine::Impl::CopyExpertIn(ExpertKey key, bool prefill) {
-  const auto start = Clock::now();
-  const int32_t slot = cache->SlotOf(key);
-  MOE_CHECK(slot >= 0);
-  store->CopyToSlot(key, *device, slots.data() + uint64_t(slot) * expert_bytes, pool.get());
-  (prefill ? stats.prefill : stats.decode).load_seconds += SecondsSince(start);
 }
 
 void Engine::Impl::MeasureRecall(int32_t layer, int64_t n) {
@@ -414,6 +473,7 @@ absl::Status Engine::Impl::RunStep(std::span<const StepToken> tokens, bool all_l
                                    int64_t max_context, float* logits_out,
                                    PhaseStats& phase_stats) {
   const auto start = Clock::now();
+  const double device_start = device->Now();
   const ModelConfig& c = *cfg;
   const int64_t n = static_cast<int64_t>(tokens.size());
   const int64_t H = c.hidden_size, D = c.head_dim;
@@ -471,6 +531,7 @@ absl::Status Engine::Impl::RunStep(std::span<const StepToken> tokens, bool all_l
     cpu::Linear(attn, n, lw.o, tmp, pool.get());
     for (int64_t i = 0; i < n * H; ++i) x[i] += tmp[i];
     cpu::RmsNorm(x, n, H, lw.post_attention_norm, static_cast<float>(c.rms_norm_eps), xn);
+    if (charge_compute) device->ChargeCompute(double(layer_weight_bytes[l]) * seconds_per_byte);
     MOE_RETURN_IF_ERROR(MoeBlock(l, n));
   }
   if (tracer != nullptr) tracer->EndStep();
@@ -480,11 +541,13 @@ absl::Status Engine::Impl::RunStep(std::span<const StepToken> tokens, bool all_l
   const int64_t rows_out = n - first;
   cpu::RmsNorm(x + first * H, rows_out, H, dev.final_norm, static_cast<float>(c.rms_norm_eps), xn);
   cpu::Linear(xn, rows_out, dev.lm_head, logits, pool.get());
+  if (charge_compute) device->ChargeCompute(double(dev.lm_head.num_bytes()) * seconds_per_byte);
   std::memcpy(logits_out, logits, static_cast<size_t>(rows_out * c.vocab_size) * sizeof(float));
 
   phase_stats.tokens += static_cast<uint64_t>(n);
   phase_stats.steps += 1;
   phase_stats.seconds += SecondsSince(start);
+  phase_stats.device_seconds += device->Now() - device_start;
   return absl::OkStatus();
 }
 
@@ -613,10 +676,15 @@ absl::StatusOr<RoutingTrace> Engine::StopTrace() {
 
 bool Engine::tracing() const { return impl_->tracer != nullptr; }
 
+Device& Engine::device() { return *impl_->device; }
+
 EngineStats Engine::stats() const {
   EngineStats s = impl_->stats;
   s.cache = impl_->cache->stats();
   s.device = impl_->device->counters();
+  s.transfers = impl_->transfers->counters();
+  s.failed_copies = impl_->transfers->failed_copies();
+  s.device_seconds = impl_->device->Now();
   return s;
 }
 

@@ -27,9 +27,11 @@
 
 #include "absl/status/statusor.h"
 #include "memory/expert_cache.h"
+#include "memory/transfer_queue.h"
 #include "predictor/prefetch_planner.h"
 #include "predictor/routing_trace.h"
 #include "runtime/device.h"
+#include "runtime/fake_device.h"
 #include "runtime/model.h"
 
 namespace moe {
@@ -51,13 +53,24 @@ struct EngineOptions {
   std::string predictor = "none";
   std::string predictor_file;
   PrefetchOptions prefetch;
+  // Expert copies issued to the device's copy stream at a time (the rest wait in the priority
+  // queue, where demand overtakes prefetches); >= 1.
+  int32_t copy_window = 2;
+  // "cpu" (default), or "fake": the FakeDevice (virtual clock, modelled link, fault injection)
+  // for measuring overlap deterministically. On the fake device compute is charged, not timed:
+  // every weight byte a kernel reads costs 1 / fake_compute_bytes_per_second seconds (decode is
+  // memory-bound), so the ratio of link to memory bandwidth sets how much a miss costs.
+  std::string device = "cpu";
+  FakeDeviceOptions fake_device;
+  double fake_compute_bytes_per_second = 3.35e12;  // about H100 HBM3
 };
 
 struct PhaseStats {
   uint64_t tokens = 0;
   uint64_t steps = 0;
   double seconds = 0;
-  double load_seconds = 0;  // of which copying experts into the device
+  double load_seconds = 0;    // of which issuing expert copies and waiting for them
+  double device_seconds = 0;  // on the device timeline (fake device: virtual compute + stall)
 };
 
 struct EngineStats {
@@ -73,6 +86,9 @@ struct EngineStats {
   // One-layer-ahead recall of the predictor at budget prefetch.budget (top_k when 0); empty
   // vectors without a predictor.
   PredictionRecall recall;
+  TransferCounters transfers;  // expert copies: issued, cancelled, useful, late, wasted
+  uint64_t failed_copies = 0;  // expert copies that failed (copied again when needed)
+  double device_seconds = 0;   // the device timeline (fake device: virtual compute + stall)
 };
 
 struct SequenceTokens {
@@ -114,6 +130,8 @@ class Engine {
   bool tracing() const;
 
   EngineStats stats() const;
+  // The device the engine runs on (tests reach the fake device's fault injection through it).
+  Device& device();
 
  private:
   struct Impl;

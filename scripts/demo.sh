@@ -1,31 +1,35 @@
 #!/usr/bin/env bash
-# The main job on the embedded default: make the project's small Mixtral-style model (8 layers
-# x 8 experts, top-2, bf16, deterministic weights, the SentencePiece tokenizer of
-# tests/data/golden), generate from it through the C API with an expert budget of half the
-# expert bytes, record the routing trace, and replay that trace: the same hit rate, then a sweep
-# of cache sizes and policies against Belady. Usage: scripts/demo.sh
+# The main job on the embedded default: the project's small trained Mixtral-style model
+# (models/pydoc-moe: 8 layers x 8 experts, top-2, trained on the Python documentation; see its
+# README.md) generates text through the C API with only a quarter of its expert bytes on the
+# device, the next-layer gate predictor prefetching; then the same model runs held-out prompts
+# while the routing is traced, and the trace shows its routing statistics, replays to the same
+# hit rate without prediction, and is swept over cache sizes and policies against Belady.
+# Usage: scripts/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=build
+model=models/pydoc-moe
 
 scripts/install-deps.sh
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DMOE_BUILD_TESTS=OFF \
       -DMOE_BUILD_BENCHMARKS=OFF -DMOE_WITH_CUDA=OFF >/dev/null
-cmake --build "$build" -j "$(nproc)" --target moe-make-model moe-run moe-replay >/dev/null
+cmake --build "$build" -j "$(nproc)" --target moe-run moe-replay moe-trace >/dev/null
 
-model="$build/demo-model"
-if [[ ! -f "$model/config.json" ]]; then
-  "$build/bin/moe-make-model" --preset demo --out "$model" \
-    --tokenizer tests/data/golden/mixtral-tiny-f32/tokenizer.model
-fi
-trace="$build/demo-run.moetrace"
-echo "== moe-run: 64 experts of which 32 fit the budget (random weights: the text is noise;"
-echo "   the trained default model comes with the predictor work) =="
-"$build/bin/moe-run" --model "$model" --prompt "The licence grants you the freedom to" \
-  --max-tokens 48 --no-eos --expert-budget 50% --policy lru --trace-out "$trace"
+echo "== moe-run: 64 experts, 16 fit the 25% budget; the gate predictor prefetches one layer ahead =="
+"$build/bin/moe-run" --model "$model" --prompt "The interpreter reads" --max-tokens 60 \
+  --temperature 0.7 --top-p 0.9 --seed 3 --expert-budget 25% --predictor gate --prefetch-depth 1
 echo
-echo "== moe-replay of the recorded trace, same cache (4 of 8 experts x 8 layers, global) =="
-"$build/bin/moe-replay" --trace "$trace" --capacity 4 --scope global --policy lru \
+trace="$build/demo-run.moetrace"
+echo "== 32 held-out paragraphs (prompt + 16 tokens each), no prediction, routing traced =="
+"$build/bin/moe-run" --model "$model" --prompt-file "$model/eval_prompts.txt" --max-tokens 16 \
+  --quiet --expert-budget 25% --trace-out "$trace"
+echo
+echo "== routing statistics of that trace =="
+"$build/bin/moe-trace" --in "$trace" --info
+echo
+echo "== moe-replay of the trace, same cache (16 of 64 experts, global): the live hit rate =="
+"$build/bin/moe-replay" --trace "$trace" --capacity 2 --scope global --policy lru \
   --prefill-chunk 256
 echo
 echo "== the same trace against cache sizes and policies =="

@@ -275,8 +275,12 @@ TEST(Engine, PredictionAndPrefetchingNeverChangeTheResult) {
         EXPECT_GT(s.cache.prefetch_loads, 0u);
       }
       EXPECT_LE(s.cache.prefetch_useful + s.cache.prefetch_wasted, s.cache.prefetch_loads);
-      // Prefetched bytes went through the device like demand loads.
-      EXPECT_EQ(s.device.bytes_to_device, s.cache.bytes_loaded + s.setup_bytes_to_device);
+      // Every copy that started went through the device; prefetches evicted while still queued
+      // were cancelled and cost no bytes.
+      EXPECT_EQ(s.device.bytes_to_device, s.transfers.bytes_started + s.setup_bytes_to_device);
+      EXPECT_LE(s.transfers.bytes_started, s.cache.bytes_loaded);
+      EXPECT_EQ(s.transfers.started * TinyModel()->weights.expert_bytes, s.transfers.bytes_started);
+      EXPECT_EQ(s.transfers.prefetch_issued, s.cache.prefetch_loads);
     }
   }
 }
@@ -337,6 +341,92 @@ TEST(Engine, ReplayWithTheSamePredictorPrefetchesExactlyAsLive) {
       EXPECT_GT(live.cache.prefetch_loads, 0u);
     }
   }
+}
+
+EngineOptions FakeDeviceOptionsFor(const char* predictor, int depth) {
+  EngineOptions options;
+  options.device = "fake";
+  // A slow link against fast compute, as PCIe against HBM: one expert copy costs ~50 expert
+  // computes.
+  options.fake_compute_bytes_per_second = 1e12;
+  options.fake_device.link_bytes_per_second = 2e10;
+  options.fake_device.link_latency_seconds = 1e-6;
+  options.expert_budget_bytes = TinyModel()->weights.expert_bytes * 12;
+  options.prefill_chunk = 5;
+  options.predictor = predictor;
+  options.prefetch.depth = depth;
+  return options;
+}
+
+TEST(Engine, FakeDeviceGivesTheSameResultsAndAccountsItsTime) {
+  EngineOptions cpu_options = FakeDeviceOptionsFor("none", 0);
+  cpu_options.device = "cpu";
+  auto cpu = MakeEngine(cpu_options);
+  auto fake = MakeEngine(FakeDeviceOptionsFor("none", 0));
+  ASSERT_NE(cpu, nullptr);
+  ASSERT_NE(fake, nullptr);
+  EXPECT_EQ(MaxAbsDiff(RunRequests(*fake), RunRequests(*cpu)), 0.0);
+  const EngineStats s = fake->stats();
+  EXPECT_EQ(s.cache.hits, cpu->stats().cache.hits);
+  EXPECT_GT(s.device.compute_seconds, 0.0);
+  EXPECT_GT(s.device.copy_stall_seconds, 0.0);  // on-demand misses wait for the link
+  EXPECT_NEAR(s.device_seconds, s.device.compute_seconds + s.device.copy_stall_seconds, 1e-12);
+  EXPECT_NEAR(s.prefill.device_seconds + s.decode.device_seconds, s.device_seconds, 1e-12);
+  EXPECT_EQ(s.transfers.demand_issued, s.cache.misses);
+}
+
+TEST(Engine, PrefetchingOnTheFakeLinkOverlapsCopiesWithCompute) {
+  // Every expert fits and compute reads weights 10x slower than the link moves them (a CPU-like
+  // device): only the cold misses stall. With whole layers prefetched two layers ahead, those
+  // copies run while earlier layers compute.
+  auto options = [](const char* predictor, int depth) {
+    EngineOptions o = FakeDeviceOptionsFor(predictor, depth);
+    o.expert_budget_bytes = 0;  // every expert
+    o.fake_compute_bytes_per_second = o.fake_device.link_bytes_per_second / 10;
+    o.prefetch.budget = static_cast<int32_t>(TinyModel()->config.num_experts);
+    return o;
+  };
+  auto demand = MakeEngine(options("none", 0));
+  auto prefetch = MakeEngine(options("frequency", 2));
+  ASSERT_NE(demand, nullptr);
+  ASSERT_NE(prefetch, nullptr);
+  EXPECT_EQ(MaxAbsDiff(RunRequests(*prefetch), RunRequests(*demand)), 0.0);
+  const EngineStats d = demand->stats(), p = prefetch->stats();
+  // Same compute; the predicted copies ran while earlier layers computed, so compute waited less.
+  EXPECT_NEAR(p.device.compute_seconds, d.device.compute_seconds, 1e-12);
+  EXPECT_LT(p.device.copy_stall_seconds, 0.8 * d.device.copy_stall_seconds)
+      << p.device.copy_stall_seconds << " vs " << d.device.copy_stall_seconds;
+  EXPECT_GT(p.transfers.useful, 0u);
+  EXPECT_GT(p.transfers.late, 0u);  // some were still on the link when needed
+  EXPECT_LE(p.transfers.useful + p.transfers.wasted + p.transfers.cancelled,
+            p.transfers.prefetch_issued);
+}
+
+TEST(Engine, FailedExpertCopiesAreRetriedAndResultsStayExact) {
+  auto reference = MakeEngine(FakeDeviceOptionsFor("gate", 1));
+  ASSERT_NE(reference, nullptr);
+  const std::vector<float> expected = RunRequests(*reference);
+  for (uint64_t nth : {1, 2, 7, 40}) {
+    SCOPED_TRACE(nth);
+    EngineOptions options = FakeDeviceOptionsFor("gate", 1);
+    auto engine = MakeEngine(options);
+    ASSERT_NE(engine, nullptr);
+    auto* fake = dynamic_cast<FakeDevice*>(&engine->device());
+    ASSERT_NE(fake, nullptr);
+    fake->FailCopies(nth, 3);  // one expert's three tensors, or parts of neighbours
+    EXPECT_EQ(MaxAbsDiff(RunRequests(*engine), expected), 0.0);
+    EXPECT_GT(engine->stats().failed_copies, 0u);
+  }
+  // A link that fails every copy: a clear error, no hang, no crash.
+  auto engine = MakeEngine(FakeDeviceOptionsFor("none", 0));
+  ASSERT_NE(engine, nullptr);
+  dynamic_cast<FakeDevice&>(engine->device()).FailCopies(1, UINT64_MAX);
+  std::vector<float> logits(static_cast<size_t>(TinyModel()->config.vocab_size));
+  const std::vector<int32_t> prompt = Prompt(5, 1);
+  const SequenceTokens entry{0, prompt};
+  const absl::Status st = engine->Evaluate({&entry, 1}, false, logits);
+  ASSERT_FALSE(st.ok());
+  EXPECT_THAT(std::string(st.message()), HasSubstr("failed twice"));
 }
 
 TEST(Engine, BadPredictorOptionsAreClearErrors) {

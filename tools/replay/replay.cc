@@ -293,7 +293,7 @@ absl::StatusOr<ReplayResult> RunReplay(const RoutingTrace& trace, const ReplaySc
         }
 
         if (planner) {
-          planner->AfterRouting(*cache, tok.sequence, l, experts, {}, [&](ExpertKey key) {
+          planner->AfterRouting(*cache, tok.sequence, l, experts, {}, [&](ExpertKey key, int32_t) {
             if (timed) link->EnqueuePrefetch(key, now);
           });
         }

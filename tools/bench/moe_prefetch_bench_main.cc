@@ -1,0 +1,218 @@
+// moe-prefetch-bench: what prediction + prefetching buys on a modelled GPU, in one run.
+//
+// The engine runs on the FakeDevice (virtual clock, modelled host -> device link; compute charged
+// as weight bytes read / memory bandwidth), so the figures are deterministic and show what the
+// same run would cost on a GPU with those ratios. Every configuration runs the same requests
+// (each prompt of --prompt-file, or synthetic ones, then --tokens greedy decode steps) and
+// prints device time beside the on-demand baseline (the first configuration) and the floor
+// max(compute, Belady loads x transfer time), Belady computed by replaying the baseline's own
+// trace with the same capacity and scope.
+//   moe-prefetch-bench --model DIR [--prompt-file F] [--configs none:0,gate:1] [--expert-budget 25]
+#include <algorithm>
+#include <fstream>
+#include <iostream>
+#include <vector>
+
+#include "fmt/format.h"
+#include "predictor/routing_trace.h"
+#include "runtime/engine.h"
+#include "runtime/model.h"
+#include "runtime/status.h"
+#include "runtime/tokenizer.h"
+#include "tools/common/cli_flags.h"
+#include "tools/replay/replay.h"
+#include "tools/replay/replay_schedule.h"
+
+namespace moe {
+namespace {
+
+struct Config {
+  std::string predictor;
+  int32_t depth = 0;
+};
+
+struct RunResult {
+  EngineStats stats;
+  RoutingTrace trace;
+};
+
+absl::StatusOr<std::vector<std::vector<int32_t>>> Prompts(const Model& model,
+                                                          const std::string& file, int64_t count,
+                                                          int64_t length) {
+  std::vector<std::vector<int32_t>> prompts;
+  if (file.empty()) {  // synthetic: deterministic ids
+    for (int64_t r = 0; r < count; ++r) {
+      std::vector<int32_t> ids;
+      for (int64_t i = 0; i < length; ++i) {
+        ids.push_back(static_cast<int32_t>(3 + (i * 37 + r * 101) % (model.config.vocab_size - 3)));
+      }
+      prompts.push_back(std::move(ids));
+    }
+    return prompts;
+  }
+  MOE_ASSIGN_OR_RETURN(auto tokenizer, Tokenizer::Load(model.dir + "/tokenizer.model"));
+  std::ifstream in(file);
+  if (!in) return NotFound("--prompt-file {}: cannot open it", file);
+  for (std::string line; std::getline(in, line) && int64_t(prompts.size()) < count;) {
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    MOE_ASSIGN_OR_RETURN(std::vector<int32_t> ids, tokenizer->Encode(line));
+    ids.insert(ids.begin(), tokenizer->bos_id());
+    prompts.push_back(std::move(ids));
+  }
+  if (prompts.empty()) return InvalidArgument("--prompt-file {}: no prompts", file);
+  return prompts;
+}
+
+absl::StatusOr<RunResult> Run(std::shared_ptr<const Model> model, EngineOptions options,
+                              const std::vector<std::vector<int32_t>>& prompts, int64_t tokens) {
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(model, options));
+  engine->StartTrace();
+  std::vector<float> logits(static_cast<size_t>(model->config.vocab_size));
+  for (const std::vector<int32_t>& prompt : prompts) {
+    MOE_RETURN_IF_ERROR(engine->ResetSequence(0));
+    std::vector<int32_t> next = prompt;
+    for (int64_t t = 0; t < tokens; ++t) {
+      const SequenceTokens entry{0, next};
+      MOE_RETURN_IF_ERROR(engine->Evaluate({&entry, 1}, false, logits));
+      next = {
+          static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin())};
+    }
+  }
+  RunResult r;
+  r.stats = engine->stats();
+  MOE_ASSIGN_OR_RETURN(r.trace, engine->StopTrace());
+  return r;
+}
+
+int Main(int argc, char** argv) {
+  std::string model_dir, prompt_file, configs_text = "none:0,gate:1,gate:2,frequency:1",
+                                      policy = "lru", scope = "global";
+  int64_t tokens = 32, prompts_count = 32, prompt_len = 32, window = 2;
+  double budget_percent = 25, link_gbps = 25, compute_gbps = 3350, latency_us = 10;
+  FlagSet flags("moe-prefetch-bench",
+                "Device time with prediction + prefetching against on-demand loading and the "
+                "max(compute, Belady) floor, on the fake device (modelled link and compute).\n"
+                "  moe-prefetch-bench --model DIR [--prompt-file F] [--configs none:0,gate:1]");
+  flags.AddString("model", &model_dir, "checkpoint directory");
+  flags.AddString("prompt-file", &prompt_file,
+                  "prompts, one per line (default: synthetic token ids)");
+  flags.AddInt("prompts", &prompts_count, "requests to run at most");
+  flags.AddInt("prompt-tokens", &prompt_len, "synthetic prompt length");
+  flags.AddInt("tokens", &tokens, "greedy steps per request (the first is the prefill)");
+  flags.AddString("configs", &configs_text,
+                  "predictor:depth list; the first is the baseline (none:0 is on-demand)");
+  flags.AddDouble("expert-budget", &budget_percent, "expert budget, percent of all expert bytes");
+  flags.AddString("policy", &policy, "eviction policy");
+  flags.AddString("scope", &scope, "cache scope: global or layer");
+  flags.AddDouble("link-gbps", &link_gbps, "host -> device link, GB/s (PCIe 4 x16: ~25)");
+  flags.AddDouble("latency-us", &latency_us, "per-copy latency, microseconds");
+  flags.AddDouble("compute-gbps", &compute_gbps,
+                  "device memory bandwidth for compute, GB/s (H100 HBM3: ~3350)");
+  flags.AddInt("copy-window", &window, "expert copies on the device's copy stream at a time");
+  absl::Status st = flags.Parse(argc, argv);
+  if (FlagSet::IsHelp(st)) {
+    std::cout << flags.Usage();
+    return 0;
+  }
+  auto run = [&]() -> absl::Status {
+    MOE_RETURN_IF_ERROR(st);
+    if (model_dir.empty()) return InvalidArgument("--model DIR is required");
+    if (tokens < 1) return InvalidArgument("--tokens {} must be >= 1", tokens);
+    if (!(budget_percent > 0 && budget_percent <= 100)) {
+      return InvalidArgument("--expert-budget {} must be in (0, 100]", budget_percent);
+    }
+    std::vector<Config> configs;
+    for (const std::string& c : SplitList(configs_text)) {
+      const size_t colon = c.find(':');
+      Config config{c.substr(0, colon), 0};
+      if (colon != std::string::npos) config.depth = std::stoi(c.substr(colon + 1));
+      configs.push_back(config);
+    }
+    if (configs.empty()) return InvalidArgument("--configs is empty");
+    MOE_ASSIGN_OR_RETURN(std::shared_ptr<const Model> model, Model::Load(model_dir));
+    MOE_ASSIGN_OR_RETURN(const auto prompts,
+                         Prompts(*model, prompt_file, prompts_count, prompt_len));
+    MOE_ASSIGN_OR_RETURN(const CacheScope cache_scope, ParseCacheScope(scope));
+    const ModelConfig& c = model->config;
+    const uint64_t expert_bytes = model->weights.expert_bytes;
+    const uint64_t all = expert_bytes * c.num_layers * c.num_experts;
+
+    EngineOptions base;
+    base.device = "fake";
+    base.fake_device.link_bytes_per_second = link_gbps * 1e9;
+    base.fake_device.link_latency_seconds = latency_us * 1e-6;
+    base.fake_compute_bytes_per_second = compute_gbps * 1e9;
+    base.expert_budget_bytes = static_cast<uint64_t>(double(all) * budget_percent / 100.0);
+    base.policy = policy;
+    base.scope = cache_scope;
+    base.copy_window = static_cast<int32_t>(window);
+    base.num_threads = 0;
+
+    const double transfer_s = latency_us * 1e-6 + double(expert_bytes) / (link_gbps * 1e9);
+    std::cout << fmt::format(
+        "model {} ({} layers x {} experts, top-{}, expert {:.1f} KiB); {} requests x {} steps\n"
+        "fake device: link {} GB/s + {} us per copy (one expert {:.1f} us), compute {} GB/s "
+        "(one expert {:.2f} us); expert budget {}% ({} policy, {} scope)\n\n",
+        model_dir, c.num_layers, c.num_experts, c.top_k, expert_bytes / 1024.0, prompts.size(),
+        tokens, link_gbps, latency_us, transfer_s * 1e6, compute_gbps,
+        double(expert_bytes) / (compute_gbps * 1e9) * 1e6, budget_percent, policy, scope);
+    std::cout << fmt::format("{:<14} {:>10} {:>9} {:>9} {:>9} {:>7} {:>9} {:>10} {:>8} {:>7}\n",
+                             "config", "total ms", "decode ms", "vs base", "stall ms", "hit",
+                             "link MiB", "prefetched", "useful", "wasted");
+    double base_decode = 0, base_compute = 0;
+    RoutingTrace base_trace;
+    uint64_t slot_bytes = 0;
+    for (size_t i = 0; i < configs.size(); ++i) {
+      EngineOptions options = base;
+      options.predictor = configs[i].predictor;
+      options.prefetch.depth = configs[i].depth;
+      MOE_ASSIGN_OR_RETURN(RunResult r, Run(model, options, prompts, tokens));
+      const EngineStats& s = r.stats;
+      const TransferCounters& t = s.transfers;
+      if (i == 0) {
+        base_decode = s.decode.device_seconds;
+        base_compute = s.device.compute_seconds;
+        base_trace = std::move(r.trace);
+        slot_bytes = s.expert_arena_bytes;
+      }
+      const double wasted =
+          t.prefetch_issued ? double(t.wasted + t.cancelled) / double(t.prefetch_issued) : 0.0;
+      std::cout << fmt::format(
+          "{:<14} {:>10.3f} {:>9.3f} {:>8.3f}x {:>9.3f} {:>7.4f} {:>9.1f} {:>10} {:>8} {:>6.1f}%\n",
+          configs[i].predictor + ":" + std::to_string(configs[i].depth), s.device_seconds * 1e3,
+          s.decode.device_seconds * 1e3,
+          base_decode > 0 ? s.decode.device_seconds / base_decode : 0,
+          s.device.copy_stall_seconds * 1e3, s.cache.hit_rate(),
+          double(t.bytes_started) / (1 << 20), t.prefetch_issued, t.useful, 100.0 * wasted);
+    }
+    // The floor for the whole run: Belady's loads for the baseline's trace over the link, or the
+    // compute, whichever is larger.
+    ReplayOptions ro;
+    ro.scope = cache_scope;
+    ro.budget_bytes = slot_bytes;
+    ro.expert_bytes = expert_bytes;
+    ro.policy = "belady";
+    const ReplaySchedule schedule(base_trace, {}, 1, 256);
+    MOE_ASSIGN_OR_RETURN(ReplayResult belady, RunReplay(base_trace, schedule, ro, nullptr));
+    const double floor = std::max(base_compute, double(belady.stats.loads()) * transfer_s);
+    std::cout << fmt::format(
+        "\nfloor (whole run) max(compute {:.3f} ms, Belady {} loads x {:.1f} us = {:.3f} ms) = "
+        "{:.3f} ms; Belady hit rate {:.4f}\n",
+        base_compute * 1e3, belady.stats.loads(), transfer_s * 1e6,
+        double(belady.stats.loads()) * transfer_s * 1e3, floor * 1e3, belady.stats.hit_rate());
+    std::cout << "wasted = prefetches evicted before use, in flight or queued (cancelled: no "
+                 "link bytes), over prefetches issued\n";
+    return absl::OkStatus();
+  };
+  const absl::Status result = run();
+  if (!result.ok()) {
+    std::cerr << "moe-prefetch-bench: " << result.message() << "\n";
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace moe
+
+int main(int argc, char** argv) { return moe::Main(argc, argv); }
