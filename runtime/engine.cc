@@ -65,6 +65,9 @@ struct Engine::Impl {
   double seconds_per_byte = 0;
   std::vector<uint64_t> layer_weight_bytes;  // non-expert weights read per layer
   std::vector<uint32_t> wave_order;          // scratch: wave members in expected arrival order
+  // CPU fallback cost model (fake device): seconds per copy and per CPU expert.
+  bool cpu_fallback = false;
+  double transfer_seconds = 0, cpu_seconds_per_byte = 0, cpu_seconds_per_flop = 0;
   uint64_t expert_bytes = 0;
 
   // Activations, [max_step_tokens, ...] each, and the KV cache.
@@ -229,6 +232,18 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Mod
     m.device = MakeFakeDevice(options.fake_device);
     m.charge_compute = true;
     m.seconds_per_byte = 1.0 / options.fake_compute_bytes_per_second;
+    if (options.cpu_fallback) {
+      if (!(options.cpu_bytes_per_second > 0) || !(options.cpu_flops_per_second > 0)) {
+        return InvalidArgument("cpu fallback: {} B/s and {} flop/s must be > 0",
+                               options.cpu_bytes_per_second, options.cpu_flops_per_second);
+      }
+      m.cpu_fallback = true;
+      m.transfer_seconds =
+          options.fake_device.link_latency_seconds +
+          double(model->weights.expert_bytes) / options.fake_device.link_bytes_per_second;
+      m.cpu_seconds_per_byte = 1.0 / options.cpu_bytes_per_second;
+      m.cpu_seconds_per_flop = 1.0 / options.cpu_flops_per_second;
+    }
   } else if (options.device == "cpu") {
     m.device = MakeCpuDevice(0);
   } else {
@@ -391,27 +406,49 @@ absl::Status Engine::Impl::MoeBlock(int32_t layer, int64_t n) {
         });
         for (uint32_t i : wave_order) {
           const AcquiredExpert& a = acquired[i];
-          start = Clock::now();
-          MOE_RETURN_IF_ERROR(transfers->WaitReady(a.key));
-          phase.load_seconds += SecondsSince(start);
           const int32_t e = space.Id(a.key).expert;
           const int32_t first = expert_first[e], count = expert_count[e];
+          // The cost model: wait for the copy and compute on the device, or compute on the CPU
+          // from host memory now.
+          bool on_cpu = false;
+          if (cpu_fallback && !transfers->Ready(a.key)) {
+            const double device_s = double(transfers->CopiesAhead(a.key)) * transfer_seconds +
+                                    double(expert_bytes) * seconds_per_byte;
+            const double cpu_s = std::max(double(expert_bytes) * cpu_seconds_per_byte,
+                                          6.0 * double(count) * double(H) *
+                                              double(c.intermediate_size) * cpu_seconds_per_flop);
+            if (cpu_s < device_s) {
+              on_cpu = true;
+              ++stats.cpu_fallbacks;
+              stats.cpu_fallback_seconds += cpu_s;
+              device->ChargeCompute(cpu_s);
+            }
+          }
+          if (!on_cpu) {
+            start = Clock::now();
+            MOE_RETURN_IF_ERROR(transfers->WaitReady(a.key));
+            phase.load_seconds += SecondsSince(start);
+          }
           for (int32_t r = 0; r < count; ++r) {
             std::memcpy(xe + int64_t{r} * H, xn + int64_t{rows[first + r] / K} * H,
                         H * sizeof(float));
           }
           const FfnWeights w =
-              store->SlotWeights(a.key, slots.data() + uint64_t(a.slot) * expert_bytes);
+              on_cpu ? store->HostWeights(a.key)
+                     : store->SlotWeights(a.key, slots.data() + uint64_t(a.slot) * expert_bytes);
           cpu::ExpertFfn(xe, count, w.gate, w.up, w.down, ye, ffn_scratch, pool.get());
           for (int32_t r = 0; r < count; ++r) {
             std::memcpy(routed_out + int64_t{rows[first + r]} * H, ye + int64_t{r} * H,
                         H * sizeof(float));
           }
-          if (charge_compute) device->ChargeCompute(double(expert_bytes) * seconds_per_byte);
+          if (charge_compute && !on_cpu) {
+            device->ChargeCompute(double(expert_bytes) * seconds_per_byte);
+          }
           transfers->Pump();
         }
         return absl::OkStatus();
       }));
+
   // Combine in rank order, whatever order the experts ran in (resident first, waves, prefetched
   // ones): the result never depends on the cache's state, budget or predictor.
   for (int64_t t = 0; t < n; ++t) {

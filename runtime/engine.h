@@ -63,6 +63,17 @@ struct EngineOptions {
   std::string device = "cpu";
   FakeDeviceOptions fake_device;
   double fake_compute_bytes_per_second = 3.35e12;  // about H100 HBM3
+  // CPU fallback: a missed expert whose copy would arrive later than the CPU could compute it
+  // runs on the CPU from host memory instead of waiting; its copy still lands, so later tokens
+  // find it resident (the cache and its statistics are unchanged). The cost model compares (copies
+  // ahead + 1) x transfer time + device compute with the CPU's max(expert bytes /
+  // cpu_bytes_per_second, FFN flops / cpu_flops_per_second), so batch-1 decode over a slow link
+  // goes to the CPU and large prefill batches do not. Only for devices that are not the CPU (the
+  // fake device; on the CPU device it is ignored). Results are identical either way, and so are hit
+  // rates: moe-replay still reproduces them.
+  bool cpu_fallback = false;
+  double cpu_bytes_per_second = 20e9;  // host memory bandwidth the CPU expert kernels reach
+  double cpu_flops_per_second = 1e12;
 };
 
 struct PhaseStats {
@@ -86,9 +97,11 @@ struct EngineStats {
   // One-layer-ahead recall of the predictor at budget prefetch.budget (top_k when 0); empty
   // vectors without a predictor.
   PredictionRecall recall;
-  TransferCounters transfers;  // expert copies: issued, cancelled, useful, late, wasted
-  uint64_t failed_copies = 0;  // expert copies that failed (copied again when needed)
-  double device_seconds = 0;   // the device timeline (fake device: virtual compute + stall)
+  TransferCounters transfers;       // expert copies: issued, cancelled, useful, late, wasted
+  uint64_t failed_copies = 0;       // expert copies that failed (copied again when needed)
+  double device_seconds = 0;        // the device timeline (fake device: virtual compute + stall)
+  uint64_t cpu_fallbacks = 0;       // missed experts computed on the CPU instead of copied
+  double cpu_fallback_seconds = 0;  // their modelled CPU time (in device_seconds)
 };
 
 struct SequenceTokens {

@@ -120,6 +120,16 @@ uint64_t ExpertTransfers::ExpectedOrder(ExpertKey key) const {
   return Ready(key) ? 0 : order_[key];
 }
 
+int64_t ExpertTransfers::CopiesAhead(ExpertKey key) const {
+  if (Ready(key)) return 0;
+  if (queue_.state(key) == TransferQueue::State::kInFlight) {
+    for (size_t i = 0; i < in_flight_.size(); ++i) {
+      if (in_flight_[i].key == key && !in_flight_[i].detached) return static_cast<int64_t>(i) + 1;
+    }
+  }
+  return static_cast<int64_t>(in_flight_.size() + queue_.queued(TransferPriority::kDemand));
+}
+
 absl::Status ExpertTransfers::WaitReady(ExpertKey key) {
   int retries = 0;
   while (true) {

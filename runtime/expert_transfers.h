@@ -56,6 +56,9 @@ class ExpertTransfers {
   // Where `key` stands in line: copies in flight first (by issue), then queued demand copies (by
   // arrival in the queue), then queued prefetches. For ordering compute; smaller is sooner.
   uint64_t ExpectedOrder(ExpertKey key) const;
+  // How many copies must complete before `key`'s has (0 when Ready): its place among the
+  // copies in flight, or, while queued, every copy in flight plus the demand queue.
+  int64_t CopiesAhead(ExpertKey key) const;
   // Blocks compute until `key`'s copy completed (issuing earlier copies as needed). The copy's
   // status: an error names the expert when a copy failed.
   absl::Status WaitReady(ExpertKey key);

@@ -402,6 +402,36 @@ TEST(Engine, PrefetchingOnTheFakeLinkOverlapsCopiesWithCompute) {
             p.transfers.prefetch_issued);
 }
 
+TEST(Engine, CpuFallbackRunsLateExpertsOnTheCpuWhenTheLinkIsSlower) {
+  // Batch 1 decode over a link slower than the CPU's expert throughput: the cost model sends
+  // misses to the CPU instead of waiting, results stay exact, and the device waits less.
+  auto options = [](bool fallback, double link) {
+    EngineOptions o = FakeDeviceOptionsFor("none", 0);
+    o.fake_device.link_bytes_per_second = link;
+    o.cpu_fallback = fallback;
+    o.cpu_bytes_per_second = 20e9;
+    o.cpu_flops_per_second = 1e12;
+    return o;
+  };
+  auto wait = MakeEngine(options(false, 2e9));
+  auto cpu = MakeEngine(options(true, 2e9));
+  ASSERT_NE(wait, nullptr);
+  ASSERT_NE(cpu, nullptr);
+  EXPECT_EQ(MaxAbsDiff(RunRequests(*cpu), RunRequests(*wait)), 0.0);
+  const EngineStats w = wait->stats(), c = cpu->stats();
+  EXPECT_EQ(w.cpu_fallbacks, 0u);
+  EXPECT_GT(c.cpu_fallbacks, 0u);
+  EXPECT_EQ(c.cache.hits, w.cache.hits);  // the cache's view does not change
+  EXPECT_LT(c.decode.device_seconds, w.decode.device_seconds);
+  EXPECT_LT(c.device.copy_stall_seconds, w.device.copy_stall_seconds);
+
+  // A link far faster than the CPU: the copy always wins.
+  auto fast = MakeEngine(options(true, 1e13));
+  ASSERT_NE(fast, nullptr);
+  RunRequests(*fast);
+  EXPECT_EQ(fast->stats().cpu_fallbacks, 0u);
+}
+
 TEST(Engine, FailedExpertCopiesAreRetriedAndResultsStayExact) {
   auto reference = MakeEngine(FakeDeviceOptionsFor("gate", 1));
   ASSERT_NE(reference, nullptr);

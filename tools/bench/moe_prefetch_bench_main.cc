@@ -27,8 +27,10 @@ namespace moe {
 namespace {
 
 struct Config {
+  std::string name;
   std::string predictor;
   int32_t depth = 0;
+  bool cpu_fallback = false;
 };
 
 struct RunResult {
@@ -88,7 +90,7 @@ int Main(int argc, char** argv) {
   std::string model_dir, prompt_file, configs_text = "none:0,gate:1,gate:2,frequency:1",
                                       policy = "lru", scope = "global";
   int64_t tokens = 32, prompts_count = 32, prompt_len = 32, window = 2;
-  double budget_percent = 25, link_gbps = 25, compute_gbps = 3350, latency_us = 10;
+  double budget_percent = 25, link_gbps = 25, compute_gbps = 3350, latency_us = 10, cpu_gbps = 20;
   FlagSet flags("moe-prefetch-bench",
                 "Device time with prediction + prefetching against on-demand loading and the "
                 "max(compute, Belady) floor, on the fake device (modelled link and compute).\n"
@@ -100,7 +102,8 @@ int Main(int argc, char** argv) {
   flags.AddInt("prompt-tokens", &prompt_len, "synthetic prompt length");
   flags.AddInt("tokens", &tokens, "greedy steps per request (the first is the prefill)");
   flags.AddString("configs", &configs_text,
-                  "predictor:depth list; the first is the baseline (none:0 is on-demand)");
+                  "predictor:depth list, '+cpu' adds the CPU fallback (e.g. gate:1+cpu); the "
+                  "first is the baseline (none:0 is on-demand)");
   flags.AddDouble("expert-budget", &budget_percent, "expert budget, percent of all expert bytes");
   flags.AddString("policy", &policy, "eviction policy");
   flags.AddString("scope", &scope, "cache scope: global or layer");
@@ -109,6 +112,8 @@ int Main(int argc, char** argv) {
   flags.AddDouble("compute-gbps", &compute_gbps,
                   "device memory bandwidth for compute, GB/s (H100 HBM3: ~3350)");
   flags.AddInt("copy-window", &window, "expert copies on the device's copy stream at a time");
+  flags.AddDouble("cpu-gbps", &cpu_gbps,
+                  "host memory bandwidth of CPU expert compute, GB/s (configs ending in +cpu)");
   absl::Status st = flags.Parse(argc, argv);
   if (FlagSet::IsHelp(st)) {
     std::cout << flags.Usage();
@@ -122,10 +127,20 @@ int Main(int argc, char** argv) {
       return InvalidArgument("--expert-budget {} must be in (0, 100]", budget_percent);
     }
     std::vector<Config> configs;
-    for (const std::string& c : SplitList(configs_text)) {
+    for (std::string c : SplitList(configs_text)) {
+      Config config;
+      config.name = c;
+      if (c.size() > 4 && c.substr(c.size() - 4) == "+cpu") {
+        config.cpu_fallback = true;
+        c.resize(c.size() - 4);
+      }
       const size_t colon = c.find(':');
-      Config config{c.substr(0, colon), 0};
-      if (colon != std::string::npos) config.depth = std::stoi(c.substr(colon + 1));
+      config.predictor = c.substr(0, colon);
+      if (colon != std::string::npos) {
+        char* end = nullptr;
+        config.depth = static_cast<int32_t>(std::strtol(c.c_str() + colon + 1, &end, 10));
+        if (*end != '\0') return InvalidArgument("--configs: bad entry '{}'", config.name);
+      }
       configs.push_back(config);
     }
     if (configs.empty()) return InvalidArgument("--configs is empty");
@@ -147,6 +162,7 @@ int Main(int argc, char** argv) {
     base.scope = cache_scope;
     base.copy_window = static_cast<int32_t>(window);
     base.num_threads = 0;
+    base.cpu_bytes_per_second = cpu_gbps * 1e9;
 
     const double transfer_s = latency_us * 1e-6 + double(expert_bytes) / (link_gbps * 1e9);
     std::cout << fmt::format(
@@ -156,9 +172,10 @@ int Main(int argc, char** argv) {
         model_dir, c.num_layers, c.num_experts, c.top_k, expert_bytes / 1024.0, prompts.size(),
         tokens, link_gbps, latency_us, transfer_s * 1e6, compute_gbps,
         double(expert_bytes) / (compute_gbps * 1e9) * 1e6, budget_percent, policy, scope);
-    std::cout << fmt::format("{:<14} {:>10} {:>9} {:>9} {:>9} {:>7} {:>9} {:>10} {:>8} {:>7}\n",
-                             "config", "total ms", "decode ms", "vs base", "stall ms", "hit",
-                             "link MiB", "prefetched", "useful", "wasted");
+    std::cout << fmt::format(
+        "{:<14} {:>10} {:>9} {:>9} {:>9} {:>7} {:>9} {:>10} {:>8} {:>7} {:>6}\n", "config",
+        "total ms", "decode ms", "vs base", "stall ms", "hit", "link MiB", "prefetched", "useful",
+        "wasted", "on cpu");
     double base_decode = 0, base_compute = 0;
     RoutingTrace base_trace;
     uint64_t slot_bytes = 0;
@@ -166,6 +183,7 @@ int Main(int argc, char** argv) {
       EngineOptions options = base;
       options.predictor = configs[i].predictor;
       options.prefetch.depth = configs[i].depth;
+      options.cpu_fallback = configs[i].cpu_fallback;
       MOE_ASSIGN_OR_RETURN(RunResult r, Run(model, options, prompts, tokens));
       const EngineStats& s = r.stats;
       const TransferCounters& t = s.transfers;
@@ -175,15 +193,18 @@ int Main(int argc, char** argv) {
         base_trace = std::move(r.trace);
         slot_bytes = s.expert_arena_bytes;
       }
+      // Bytes of prefetches that went over the link and were evicted unused, over all bytes
+      // moved (prefetches cancelled while queued cost nothing).
       const double wasted =
-          t.prefetch_issued ? double(t.wasted + t.cancelled) / double(t.prefetch_issued) : 0.0;
+          t.bytes_started ? double(t.wasted_bytes) / double(t.bytes_started) : 0.0;
       std::cout << fmt::format(
-          "{:<14} {:>10.3f} {:>9.3f} {:>8.3f}x {:>9.3f} {:>7.4f} {:>9.1f} {:>10} {:>8} {:>6.1f}%\n",
-          configs[i].predictor + ":" + std::to_string(configs[i].depth), s.device_seconds * 1e3,
-          s.decode.device_seconds * 1e3,
+          "{:<14} {:>10.3f} {:>9.3f} {:>8.3f}x {:>9.3f} {:>7.4f} {:>9.1f} {:>10} {:>8} {:>6.1f}% "
+          "{:>6}\n",
+          configs[i].name, s.device_seconds * 1e3, s.decode.device_seconds * 1e3,
           base_decode > 0 ? s.decode.device_seconds / base_decode : 0,
           s.device.copy_stall_seconds * 1e3, s.cache.hit_rate(),
-          double(t.bytes_started) / (1 << 20), t.prefetch_issued, t.useful, 100.0 * wasted);
+          double(t.bytes_started) / (1 << 20), t.prefetch_issued, t.useful, 100.0 * wasted,
+          s.cpu_fallbacks);
     }
     // The floor for the whole run: Belady's loads for the baseline's trace over the link, or the
     // compute, whichever is larger.
@@ -200,8 +221,8 @@ int Main(int argc, char** argv) {
         "{:.3f} ms; Belady hit rate {:.4f}\n",
         base_compute * 1e3, belady.stats.loads(), transfer_s * 1e6,
         double(belady.stats.loads()) * transfer_s * 1e3, floor * 1e3, belady.stats.hit_rate());
-    std::cout << "wasted = prefetches evicted before use, in flight or queued (cancelled: no "
-                 "link bytes), over prefetches issued\n";
+    std::cout << "wasted = bytes of prefetches moved and evicted unused / bytes moved; on cpu = "
+                 "missed experts the cost model sent to the CPU instead of waiting\n";
     return absl::OkStatus();
   };
   const absl::Status result = run();
