@@ -207,6 +207,11 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Mod
   cache_options.budget_bytes = budget;
   cache_options.scope = options.scope;
   cache_options.policy = options.policy;
+  if (options.policy == "predictive" && options.predictor == "none") {
+    return InvalidArgument(
+        "eviction policy 'predictive' ranks experts by a predictor's guesses: choose a predictor "
+        "(gate, frequency, transition, recency or combined)");
+  }
   MOE_RETURN_IF_ERROR(m.CreatePredictor(options, space));
   if (m.predictor != nullptr && options.policy == "predictive") {
     m.scores = std::make_unique<ExpertScores>(space);

@@ -116,7 +116,8 @@ typedef struct moe_context_params {
   /* Fraction of all routed expert bytes (0, 1]; used when expert_budget_bytes is 0.
    * Default 1 (every expert resident). */
   double expert_budget_fraction;
-  /* Eviction policy: "lru" (default), "lfu", "arc", "lrfu". */
+  /* Eviction policy: "lru" (default), "lfu", "arc", "lrfu", "predictive" (ranks experts by the
+   * predictor's guesses; needs a predictor). */
   const char* policy;
   /* "global" (default: one cache over all layers) or "layer" (an equal share per layer). */
   const char* cache_scope;

@@ -466,6 +466,13 @@ TEST(Engine, BadPredictorOptionsAreClearErrors) {
   ASSERT_FALSE(e.ok());
   EXPECT_THAT(std::string(e.status().message()), HasSubstr("oracle"));
 
+  options.predictor = "none";
+  options.policy = "predictive";
+  e = Engine::Create(TinyModel(), options);
+  ASSERT_FALSE(e.ok());
+  EXPECT_THAT(std::string(e.status().message()), HasSubstr("choose a predictor"));
+  options.policy = "lru";
+
   options.predictor = "gate";
   options.prefetch.budget = 99;
   e = Engine::Create(TinyModel(), options);

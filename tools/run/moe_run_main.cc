@@ -119,7 +119,8 @@ int Main(int argc, char** argv) {
   flags.AddString("expert-budget", &budget_text,
                   "device memory for experts: a size (2GiB), a percentage of all expert bytes "
                   "(50%), a fraction (0.5) or 'all'");
-  flags.AddString("policy", &policy, "eviction policy: lru, lfu, arc, lrfu");
+  flags.AddString("policy", &policy,
+                  "eviction policy: lru, lfu, arc, lrfu, predictive (needs --predictor)");
   flags.AddString("scope", &scope, "cache scope: global or layer");
   flags.AddString("device", &device, "device: cpu or auto");
   flags.AddString("trace-out", &trace_out, "record the run's routing into this trace file");
