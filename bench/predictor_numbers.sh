@@ -6,7 +6,11 @@
 #     predictors, measured live by the engine;
 #   - hit rate and prefetch waste at a 25% expert budget, beside Belady's hit rate for the same
 #     run (moe-replay of the trace the engine recorded, same capacity and scope);
-#   - the routing statistics of that trace (skew, temporal locality, inter-layer affinity).
+#   - the routing statistics of that trace (skew, temporal locality, inter-layer affinity);
+#   - device time on a modelled GPU (moe-prefetch-bench, fake device with PCIe-4-like link,
+#     HBM-like compute and a host CPU for the fallback) for on-demand LRU, prediction +
+#     prefetching, predictive eviction and the CPU fallback, beside the max(compute, Belady)
+#     floor.
 # Usage: bench/predictor_numbers.sh [build-dir (default build)] [model-dir]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +22,8 @@ tokens="${TOKENS:-32}"
 
 scripts/install-deps.sh
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DMOE_WITH_CUDA=OFF >/dev/null
-cmake --build "$build" -j "$(nproc)" --target moe-run moe-replay moe-trace >/dev/null
+cmake --build "$build" -j "$(nproc)" --target moe-run moe-replay moe-trace moe-prefetch-bench \
+  >/dev/null
 out="$build/predictor-numbers"
 mkdir -p "$out"
 
@@ -47,3 +52,10 @@ done
 echo
 echo "== routing statistics of the run (trace $out/none-0.moetrace) =="
 "$build/bin/moe-trace" --in "$out/none-0.moetrace" --info
+
+echo
+echo "== modelled GPU: link 25 GB/s + 1 us per copy, HBM 3350 GB/s, host CPU 100 GB/s =="
+"$build/bin/moe-prefetch-bench" --model "$model" --prompt-file "$prompts" --tokens "$tokens" \
+  --expert-budget "${budget%\%}" --link-gbps 25 --latency-us 1 --compute-gbps 3350 \
+  --cpu-gbps 100 --configs \
+  none:0,gate:1,gate:2,gate:1@predictive,none:0+cpu,gate:1+cpu,gate:1@predictive+cpu 2>/dev/null

@@ -31,6 +31,7 @@ struct Config {
   std::string predictor;
   int32_t depth = 0;
   bool cpu_fallback = false;
+  std::string policy;  // empty: --policy
 };
 
 struct RunResult {
@@ -102,8 +103,9 @@ int Main(int argc, char** argv) {
   flags.AddInt("prompt-tokens", &prompt_len, "synthetic prompt length");
   flags.AddInt("tokens", &tokens, "greedy steps per request (the first is the prefill)");
   flags.AddString("configs", &configs_text,
-                  "predictor:depth list, '+cpu' adds the CPU fallback (e.g. gate:1+cpu); the "
-                  "first is the baseline (none:0 is on-demand)");
+                  "predictor:depth[@policy][+cpu] list: '@predictive' overrides --policy, '+cpu' "
+                  "adds the CPU fallback (e.g. gate:1@predictive+cpu); the first is the "
+                  "baseline (none:0 is on-demand)");
   flags.AddDouble("expert-budget", &budget_percent, "expert budget, percent of all expert bytes");
   flags.AddString("policy", &policy, "eviction policy");
   flags.AddString("scope", &scope, "cache scope: global or layer");
@@ -133,6 +135,10 @@ int Main(int argc, char** argv) {
       if (c.size() > 4 && c.substr(c.size() - 4) == "+cpu") {
         config.cpu_fallback = true;
         c.resize(c.size() - 4);
+      }
+      if (const size_t at = c.find('@'); at != std::string::npos) {
+        config.policy = c.substr(at + 1);
+        c.resize(at);
       }
       const size_t colon = c.find(':');
       config.predictor = c.substr(0, colon);
@@ -173,7 +179,7 @@ int Main(int argc, char** argv) {
         tokens, link_gbps, latency_us, transfer_s * 1e6, compute_gbps,
         double(expert_bytes) / (compute_gbps * 1e9) * 1e6, budget_percent, policy, scope);
     std::cout << fmt::format(
-        "{:<14} {:>10} {:>9} {:>9} {:>9} {:>7} {:>9} {:>10} {:>8} {:>7} {:>6}\n", "config",
+        "{:<24} {:>10} {:>9} {:>9} {:>9} {:>7} {:>9} {:>10} {:>8} {:>7} {:>6}\n", "config",
         "total ms", "decode ms", "vs base", "stall ms", "hit", "link MiB", "prefetched", "useful",
         "wasted", "on cpu");
     double base_decode = 0, base_compute = 0;
@@ -184,6 +190,7 @@ int Main(int argc, char** argv) {
       options.predictor = configs[i].predictor;
       options.prefetch.depth = configs[i].depth;
       options.cpu_fallback = configs[i].cpu_fallback;
+      if (!configs[i].policy.empty()) options.policy = configs[i].policy;
       MOE_ASSIGN_OR_RETURN(RunResult r, Run(model, options, prompts, tokens));
       const EngineStats& s = r.stats;
       const TransferCounters& t = s.transfers;
@@ -198,7 +205,7 @@ int Main(int argc, char** argv) {
       const double wasted =
           t.bytes_started ? double(t.wasted_bytes) / double(t.bytes_started) : 0.0;
       std::cout << fmt::format(
-          "{:<14} {:>10.3f} {:>9.3f} {:>8.3f}x {:>9.3f} {:>7.4f} {:>9.1f} {:>10} {:>8} {:>6.1f}% "
+          "{:<24} {:>10.3f} {:>9.3f} {:>8.3f}x {:>9.3f} {:>7.4f} {:>9.1f} {:>10} {:>8} {:>6.1f}% "
           "{:>6}\n",
           configs[i].name, s.device_seconds * 1e3, s.decode.device_seconds * 1e3,
           base_decode > 0 ? s.decode.device_seconds / base_decode : 0,
