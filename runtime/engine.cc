@@ -76,6 +76,9 @@ struct Engine::Impl {
   DeviceBuffer activations;
   float *x, *xn, *q, *k, *v, *attn, *tmp, *router, *weights_k, *xe, *ye, *ffn_scratch, *shared_out,
       *shared_gate, *logits, *attn_scratch, *routed_out;
+  // The residual stream each token left the previous MoE layer with (hidden-state predictors
+  // only): x itself is overwritten by the next layer's attention.
+  float* layer_out;
   int32_t* ids;
   DeviceBuffer kv;  // [sequence][layer][k|v][max_context][kv_dim]
   std::vector<int64_t> seq_len;
@@ -288,7 +291,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Mod
                            T * cfg.vocab_size,
                            threads * max_context,
                            T * cfg.top_k,
-                           T * cfg.top_k * H};
+                           T * cfg.top_k * H,
+                           T * H};
   uint64_t activation_bytes = 0;
   for (int64_t s : sizes) activation_bytes += AlignUp(static_cast<uint64_t>(s) * 4);
   const uint64_t kv_bytes = static_cast<uint64_t>(options.max_sequences) * cfg.num_layers * 2 *
@@ -325,6 +329,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Mod
   m.logits = bufs[14], m.attn_scratch = bufs[15];
   m.ids = reinterpret_cast<int32_t*>(bufs[16]);
   m.routed_out = bufs[17];
+  m.layer_out = bufs[18];
 
   m.store = std::make_unique<HostExpertStore>(model->weights, space);
   // Synchronous copies (the CPU device) are split over the pool; the fake device models each
@@ -485,6 +490,7 @@ absl::Status Engine::Impl::MoeBlock(int32_t layer, int64_t n) {
                                                            : TransferPriority::kLookahead);
                             });
     }
+    if (hidden && n > 1) std::memcpy(layer_out, x, static_cast<size_t>(n * H) * sizeof(float));
     const auto start = Clock::now();
     transfers->Pump();
     phase.load_seconds += SecondsSince(start);
@@ -493,9 +499,17 @@ absl::Status Engine::Impl::MoeBlock(int32_t layer, int64_t n) {
 }
 
 void Engine::Impl::MeasureRecall(int32_t layer, int64_t n) {
-  const int64_t K = cfg->top_k;
+  const int64_t K = cfg->top_k, H = cfg->hidden_size;
   PredictionRecall& r = stats.recall;
+  // A step's tokens share their sequence's predictor state, which now holds the step's last
+  // token. A hidden-state predictor gets each token's own state back first, so every token is
+  // predicted from its own residual stream, as it would be run one at a time.
+  const bool own_hidden = predictor->uses_hidden_states() && layer > 0 && n > 1;
   for (int64_t t = 0; t < n; ++t) {
+    if (own_hidden) {
+      predictor->ObserveHidden(step_requests[t], layer - 1,
+                               {layer_out + t * H, static_cast<size_t>(H)});
+    }
     predictor->Predict(step_requests[t], layer, predicted);
     const int32_t top = TopExpertIds(predicted, r.budget, predicted_order);
     for (int64_t j = 0; j < K; ++j) {

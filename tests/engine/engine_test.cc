@@ -302,6 +302,29 @@ TEST(Engine, GatePredictorBeatsLayerFrequencyOnTheTinyModel) {
   EXPECT_GT(g, f + 0.05) << "gate " << g << " frequency " << f;
 }
 
+TEST(Engine, GateRecallOfAPromptChunkEqualsTokenByToken) {
+  // In a prefill chunk every token must be predicted from its own hidden state, not from the
+  // chunk's last token (which the sequence's predictor state holds after a layer).
+  auto recall_with_chunk = [](int64_t chunk) {
+    EngineOptions options;
+    options.predictor = "gate";
+    options.prefetch.depth = 0;
+    options.prefill_chunk = chunk;
+    auto engine = MakeEngine(options);
+    EXPECT_NE(engine, nullptr);
+    std::vector<float> logits(static_cast<size_t>(TinyModel()->config.vocab_size));
+    const std::vector<int32_t> prompt = Prompt(17, 4);
+    const SequenceTokens entry{0, prompt};
+    EXPECT_TRUE(engine->Evaluate({&entry, 1}, false, logits).ok());
+    return engine->stats().recall;
+  };
+  const PredictionRecall chunked = recall_with_chunk(17), single = recall_with_chunk(1);
+  for (size_t l = 1; l < chunked.found.size(); ++l) {
+    EXPECT_EQ(chunked.found[l], single.found[l]) << "layer " << l;
+    EXPECT_EQ(chunked.chosen[l], single.chosen[l]);
+  }
+}
+
 TEST(Engine, ReplayWithTheSamePredictorPrefetchesExactlyAsLive) {
   const uint64_t expert_bytes = TinyModel()->weights.expert_bytes;
   for (const char* predictor : {"frequency", "recency", "combined"}) {

@@ -69,26 +69,37 @@ struct StreamState {
   const moe_model* model;
   bool has_tokenizer;
   bool quiet;
-  std::vector<int32_t> ids;
-  size_t printed = 0;  // bytes of decoded text already printed
+  std::vector<int32_t> ids;  // the prompt's, then the generated ones
+  size_t printed = 0;        // bytes of decoded text already printed (or standing for the prompt)
+  size_t generated = 0;
 };
 
-// Prints the text the new token completes. Decoding the whole continuation each time keeps
-// multi-byte characters and SentencePiece's leading spaces right.
+// Decoded text of ids; empty when it cannot be decoded.
+std::string Detokenize(const moe_model* model, const std::vector<int32_t>& ids) {
+  std::vector<char> text(16 * ids.size() + 64);
+  size_t len = 0;
+  if (moe_detokenize(model, ids.data(), ids.size(), text.data(), text.size(), &len) != MOE_OK) {
+    return {};
+  }
+  return std::string(text.data(), len);
+}
+
+// Prints the text the new token completes. Decoding the prompt and the whole continuation each
+// time keeps multi-byte characters and SentencePiece's leading spaces (between the prompt and the
+// first generated word, too) right.
 int32_t OnToken(int32_t token, void* user) {
   auto* s = static_cast<StreamState*>(user);
   s->ids.push_back(token);
+  ++s->generated;
   if (s->quiet) return 1;
   if (!s->has_tokenizer) {
-    std::printf("%s%d", s->ids.size() > 1 ? " " : "", token);
+    std::printf("%s%d", s->generated > 1 ? " " : "", token);
     std::fflush(stdout);
     return 1;
   }
-  std::vector<char> text(16 * s->ids.size() + 64);
-  size_t len = 0;
-  if (moe_detokenize(s->model, s->ids.data(), s->ids.size(), text.data(), text.size(), &len) ==
-          MOE_OK &&
-      len > s->printed) {
+  const std::string text = Detokenize(s->model, s->ids);
+  const size_t len = text.size();
+  if (len > s->printed) {
     std::fwrite(text.data() + s->printed, 1, len - s->printed, stdout);
     std::fflush(stdout);
     s->printed = len;
@@ -243,7 +254,11 @@ int Main(int argc, char** argv) {
   gp.stop_at_eos = no_eos ? 0 : 1;
   std::vector<int32_t> out(static_cast<size_t>(max_tokens) + 1);
   for (size_t r = 0; r < requests.size(); ++r) {
-    StreamState stream{model, info.has_tokenizer != 0, quiet, {}, 0};
+    StreamState stream{model, info.has_tokenizer != 0, quiet, {}, 0, 0};
+    if (r < prompts.size() && stream.has_tokenizer) {  // continue after the prompt's own text
+      stream.ids = requests[r];
+      stream.printed = Detokenize(model, stream.ids).size();
+    }
     if (!quiet && r < prompts.size()) {
       std::fputs(prompts[r].c_str(), stdout);
       std::fflush(stdout);
