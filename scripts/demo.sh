@@ -21,9 +21,9 @@ echo "== moe-run: 64 experts, 16 fit the 25% budget; the gate predictor prefetch
   --temperature 0.7 --top-p 0.9 --seed 3 --expert-budget 25% --predictor gate --prefetch-depth 1
 echo
 trace="$build/demo-run.moetrace"
-echo "== 32 held-out paragraphs (prompt + 16 tokens each), no prediction, routing traced =="
-"$build/bin/moe-run" --model "$model" --prompt-file "$model/eval_prompts.txt" --max-tokens 16 \
-  --quiet --expert-budget 25% --trace-out "$trace"
+echo "== 32 held-out paragraphs (prompt + 32 tokens each), no prediction, routing traced =="
+"$build/bin/moe-run" --model "$model" --prompt-file "$model/eval_prompts.txt" --max-tokens 32 \
+  --no-eos --quiet --expert-budget 25% --trace-out "$trace"
 echo
 echo "== routing statistics of that trace =="
 "$build/bin/moe-trace" --in "$trace" --info
@@ -32,8 +32,7 @@ echo "== moe-replay of the trace, same cache (16 of 64 experts, global): the liv
 "$build/bin/moe-replay" --trace "$trace" --capacity 2 --scope global --policy lru \
   --prefill-chunk 256
 echo
-echo "== the same trace against cache sizes and policies =="
+echo "== the same trace token by token (as decode sees it) against cache sizes and policies =="
 "$build/bin/moe-replay" --trace "$trace" --sweep --capacities 2,3,4,5,6 --scope global \
-  --policies lru,lfu,arc,lrfu --prefill-chunk 256 --csv "$build/demo-sweep.csv" \
-  --svg "$build/demo-sweep.svg"
+  --policies lru,lfu,arc,lrfu --csv "$build/demo-sweep.csv" --svg "$build/demo-sweep.svg"
 echo "plot: $build/demo-sweep.svg   table: $build/demo-sweep.csv"
