@@ -126,6 +126,16 @@ absl::StatusOr<std::unique_ptr<Predictor>> MakePredictor(std::string_view name,
   return std::make_unique<CombinedPredictor>(options);
 }
 
+int32_t SanitizeProbabilities(std::span<float> probs) {
+  int32_t changed = 0;
+  for (float& p : probs) {
+    if (p >= 0.0f && p <= 1.0f) continue;  // false for NaN
+    p = p > 1.0f ? 1.0f : 0.0f;
+    ++changed;
+  }
+  return changed;
+}
+
 int32_t TopExpertIds(std::span<const float> probs, int32_t budget, std::span<int32_t> order) {
   const int32_t n = static_cast<int32_t>(probs.size());
   MOE_CHECK(order.size() >= probs.size());

@@ -104,6 +104,12 @@ absl::StatusOr<std::unique_ptr<Predictor>> MakePredictor(std::string_view name,
                                                          const PredictorOptions& options);
 std::span<const std::string_view> PredictorNames();
 
+// Makes a prediction safe to rank and use: NaN and negative values become 0, values above 1
+// (and +inf) become 1. Returns how many values it changed (0 for a well-behaved predictor).
+// The engine and the prefetch planner run every prediction through it, so a predictor that
+// returns garbage can waste copies but never corrupt a ranking.
+int32_t SanitizeProbabilities(std::span<float> probs);
+
 // The `budget` most probable experts of a prediction, most probable first (ties: lower id).
 std::vector<ScoredExpert> TopExperts(std::span<const float> probs, int32_t budget);
 

@@ -1,5 +1,7 @@
 #include "predictor/prefetch_planner.h"
 
+#include "runtime/logging.h"
+
 namespace moe {
 
 PrefetchPlanner::PrefetchPlanner(Predictor& predictor, ExpertScores* scores,
@@ -11,6 +13,16 @@ PrefetchPlanner::PrefetchPlanner(Predictor& predictor, ExpertScores* scores,
       budget_(options.budget > 0 ? options.budget : predictor.options().top_k),
       probs_(static_cast<size_t>(space_.num_experts)),
       order_(static_cast<size_t>(space_.num_experts)) {}
+
+void PrefetchPlanner::Predict(int64_t seq, int32_t target) {
+  predictor_.Predict(seq, target, probs_);
+  if (SanitizeProbabilities(probs_) > 0 && garbage_predictions_++ == 0) {
+    MOE_LOG(kWarning,
+            "predictor '{}' returned probabilities outside [0, 1] (layer {}); they are clamped, "
+            "prefetching may waste copies but results are unaffected",
+            predictor_.name(), target);
+  }
+}
 
 double PredictionRecall::RecallFrom(int32_t first) const {
   uint64_t f = 0, c = 0;

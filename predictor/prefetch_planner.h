@@ -44,13 +44,13 @@ class PrefetchPlanner {
     predictor_.Observe(seq, layer, experts);
     if (!hidden.empty()) predictor_.ObserveHidden(seq, layer, hidden);
     if (scores_ != nullptr) {
-      predictor_.Predict(seq, layer, probs_);
+      Predict(seq, layer);
       scores_->SetLayer(layer, probs_);
     }
     const int32_t L = space_.num_layers;
     for (int32_t d = 1; d <= options_.depth; ++d) {
       const int32_t target = (layer + d) % L;
-      predictor_.Predict(seq, target, probs_);
+      Predict(seq, target);
       if (scores_ != nullptr) scores_->SetLayer(target, probs_);
       const int32_t n = TopExpertIds(probs_, budget_, order_);
       for (int32_t i = 0; i < n; ++i) {
@@ -64,8 +64,13 @@ class PrefetchPlanner {
 
   const PrefetchOptions& options() const { return options_; }
   Predictor& predictor() { return predictor_; }
+  // Predictions that held values outside [0, 1] or NaN (sanitized; the first one is logged).
+  uint64_t garbage_predictions() const { return garbage_predictions_; }
 
  private:
+  // predictor_.Predict into probs_, sanitized.
+  void Predict(int64_t seq, int32_t target);
+
   Predictor& predictor_;
   ExpertScores* scores_;
   PrefetchOptions options_;
@@ -73,6 +78,7 @@ class PrefetchPlanner {
   int32_t budget_;
   std::vector<float> probs_;
   std::vector<int32_t> order_;  // TopExpertIds scratch
+  uint64_t garbage_predictions_ = 0;
 };
 
 // Per-layer recall of a predictor's one-layer-ahead guess, as the engine measures it live:

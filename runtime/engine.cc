@@ -511,6 +511,7 @@ void Engine::Impl::MeasureRecall(int32_t layer, int64_t n) {
                                {layer_out + t * H, static_cast<size_t>(H)});
     }
     predictor->Predict(step_requests[t], layer, predicted);
+    SanitizeProbabilities(predicted);  // the planner reports garbage; here it only must not rank
     const int32_t top = TopExpertIds(predicted, r.budget, predicted_order);
     for (int64_t j = 0; j < K; ++j) {
       const int32_t chosen = ids[t * K + j];
