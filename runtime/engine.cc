@@ -120,6 +120,16 @@ struct Engine::Impl {
   absl::Status MoeBlock(int32_t layer, int64_t n);
   absl::Status CreatePredictor(const EngineOptions& options, const ExpertSpace& space);
   void MeasureRecall(int32_t layer, int64_t n);
+  // One wave of a layer's experts (memory/expert_set.h): queue their copies, then run each in
+  // the scheduler's order, on the device after its copy or on the CPU when cheaper.
+  absl::Status RunWave(std::span<const AcquiredExpert> acquired, PhaseStats& phase);
+  // The CPU fallback's cost model for a missed expert with `tokens` rows; charges the CPU time
+  // when it says yes.
+  bool PreferCpu(ExpertKey key, int32_t tokens);
+  // The expert's rows through its FFN (weights in its slot, or in host memory on the CPU).
+  void RunExpert(const AcquiredExpert& a, bool on_cpu);
+  // Observes each token's routing (and hidden state) and queues the predicted prefetches.
+  void PlanPrefetches(int32_t layer, int64_t n, PhaseStats& phase);
 };
 
 absl::Status Engine::Impl::CreatePredictor(const EngineOptions& options, const ExpertSpace& space) {
@@ -394,70 +404,8 @@ absl::Status Engine::Impl::MoeBlock(int32_t layer, int64_t n) {
   if (predictor != nullptr) MeasureRecall(layer, n);
   PhaseStats& phase = n > 1 ? stats.prefill : stats.decode;
   MOE_RETURN_IF_ERROR(AcquireInWaves(
-      *cache, keys, {}, wave, pending, [&](std::span<const AcquiredExpert> acquired) {
-        // Misses queue demand copies; hits on prefetches still on their way become demand.
-        auto start = Clock::now();
-        for (const AcquiredExpert& a : acquired) {
-          if (a.loaded) {
-            transfers->Demand(a.key);
-          } else {
-            transfers->Use(a.key);
-          }
-        }
-        transfers->Pump();
-        phase.load_seconds += SecondsSince(start);
-        // The scheduler's order: experts already in their slots first, then by expected
-        // arrival, so compute runs while the remaining copies are on the link.
-        wave_order.clear();
-        for (uint32_t i = 0; i < acquired.size(); ++i) wave_order.push_back(i);
-        std::stable_sort(wave_order.begin(), wave_order.end(), [&](uint32_t x, uint32_t y) {
-          return transfers->ExpectedOrder(acquired[x].key) <
-                 transfers->ExpectedOrder(acquired[y].key);
-        });
-        for (uint32_t i : wave_order) {
-          const AcquiredExpert& a = acquired[i];
-          const int32_t e = space.Id(a.key).expert;
-          const int32_t first = expert_first[e], count = expert_count[e];
-          // The cost model: wait for the copy and compute on the device, or compute on the CPU
-          // from host memory now.
-          bool on_cpu = false;
-          if (cpu_fallback && !transfers->Ready(a.key)) {
-            const double device_s = double(transfers->CopiesAhead(a.key)) * transfer_seconds +
-                                    double(expert_bytes) * seconds_per_byte;
-            const double cpu_s = std::max(double(expert_bytes) * cpu_seconds_per_byte,
-                                          6.0 * double(count) * double(H) *
-                                              double(c.intermediate_size) * cpu_seconds_per_flop);
-            if (cpu_s < device_s) {
-              on_cpu = true;
-              ++stats.cpu_fallbacks;
-              stats.cpu_fallback_seconds += cpu_s;
-              device->ChargeCompute(cpu_s);
-            }
-          }
-          if (!on_cpu) {
-            start = Clock::now();
-            MOE_RETURN_IF_ERROR(transfers->WaitReady(a.key));
-            phase.load_seconds += SecondsSince(start);
-          }
-          for (int32_t r = 0; r < count; ++r) {
-            std::memcpy(xe + int64_t{r} * H, xn + int64_t{rows[first + r] / K} * H,
-                        H * sizeof(float));
-          }
-          const FfnWeights w =
-              on_cpu ? store->HostWeights(a.key)
-                     : store->SlotWeights(a.key, slots.data() + uint64_t(a.slot) * expert_bytes);
-          cpu::ExpertFfn(xe, count, w.gate, w.up, w.down, ye, ffn_scratch, pool.get());
-          for (int32_t r = 0; r < count; ++r) {
-            std::memcpy(routed_out + int64_t{rows[first + r]} * H, ye + int64_t{r} * H,
-                        H * sizeof(float));
-          }
-          if (charge_compute && !on_cpu) {
-            device->ChargeCompute(double(expert_bytes) * seconds_per_byte);
-          }
-          transfers->Pump();
-        }
-        return absl::OkStatus();
-      }));
+      *cache, keys, {}, wave, pending,
+      [&](std::span<const AcquiredExpert> acquired) { return RunWave(acquired, phase); }));
 
   // Combine in rank order, whatever order the experts ran in (resident first, waves, prefetched
   // ones): the result never depends on the cache's state, budget or predictor.
@@ -475,27 +423,95 @@ absl::Status Engine::Impl::MoeBlock(int32_t layer, int64_t n) {
     cpu::ScaledAdd(shared_out, shared_gate, n, H, x);
   }
 
-  // The same order as replay: the step's experts were acquired, now each token's routing is
-  // observed and its predicted experts prefetched.
-  if (planner != nullptr) {
-    const bool hidden = predictor->uses_hidden_states();
-    for (int64_t t = 0; t < n; ++t) {
-      for (int64_t j = 0; j < K; ++j) token_experts[j] = static_cast<uint16_t>(ids[t * K + j]);
-      planner->AfterRouting(*cache, step_requests[t], layer, token_experts,
-                            hidden ? std::span<const float>(x + t * H, static_cast<size_t>(H))
-                                   : std::span<const float>(),
-                            [&](ExpertKey key, int32_t distance) {
-                              transfers->Prefetch(key, distance == 1
-                                                           ? TransferPriority::kNextLayer
-                                                           : TransferPriority::kLookahead);
-                            });
+  if (planner != nullptr) PlanPrefetches(layer, n, phase);
+  return absl::OkStatus();
+}
+
+absl::Status Engine::Impl::RunWave(std::span<const AcquiredExpert> acquired, PhaseStats& phase) {
+  // Misses queue demand copies; hits on prefetches still on their way become demand.
+  auto start = Clock::now();
+  for (const AcquiredExpert& a : acquired) {
+    if (a.loaded) {
+      transfers->Demand(a.key);
+    } else {
+      transfers->Use(a.key);
     }
-    if (hidden && n > 1) std::memcpy(layer_out, x, static_cast<size_t>(n * H) * sizeof(float));
-    const auto start = Clock::now();
+  }
+  transfers->Pump();
+  phase.load_seconds += SecondsSince(start);
+  // The scheduler's order: experts already in their slots first, then by expected arrival, so
+  // compute runs while the remaining copies are on the link.
+  wave_order.clear();
+  for (uint32_t i = 0; i < acquired.size(); ++i) wave_order.push_back(i);
+  std::stable_sort(wave_order.begin(), wave_order.end(), [&](uint32_t x, uint32_t y) {
+    return transfers->ExpectedOrder(acquired[x].key) < transfers->ExpectedOrder(acquired[y].key);
+  });
+  for (uint32_t i : wave_order) {
+    const AcquiredExpert& a = acquired[i];
+    const int32_t e = store->space().Id(a.key).expert;
+    const bool on_cpu = cpu_fallback && PreferCpu(a.key, expert_count[e]);
+    if (!on_cpu) {
+      start = Clock::now();
+      MOE_RETURN_IF_ERROR(transfers->WaitReady(a.key));
+      phase.load_seconds += SecondsSince(start);
+    }
+    RunExpert(a, on_cpu);
     transfers->Pump();
-    phase.load_seconds += SecondsSince(start);
   }
   return absl::OkStatus();
+}
+
+bool Engine::Impl::PreferCpu(ExpertKey key, int32_t tokens) {
+  if (transfers->Ready(key)) return false;
+  // Wait for the copy and compute on the device, or compute on the CPU from host memory now.
+  const double device_s = double(transfers->CopiesAhead(key)) * transfer_seconds +
+                          double(expert_bytes) * seconds_per_byte;
+  const double cpu_s = std::max(double(expert_bytes) * cpu_seconds_per_byte,
+                                6.0 * tokens * double(cfg->hidden_size) *
+                                    double(cfg->intermediate_size) * cpu_seconds_per_flop);
+  if (cpu_s >= device_s) return false;
+  ++stats.cpu_fallbacks;
+  stats.cpu_fallback_seconds += cpu_s;
+  device->ChargeCompute(cpu_s);
+  return true;
+}
+
+void Engine::Impl::RunExpert(const AcquiredExpert& a, bool on_cpu) {
+  const int64_t H = cfg->hidden_size, K = cfg->top_k;
+  const int32_t e = store->space().Id(a.key).expert;
+  const int32_t first = expert_first[e], count = expert_count[e];
+  for (int32_t r = 0; r < count; ++r) {
+    std::memcpy(xe + int64_t{r} * H, xn + int64_t{rows[first + r] / K} * H, H * sizeof(float));
+  }
+  const FfnWeights w =
+      on_cpu ? store->HostWeights(a.key)
+             : store->SlotWeights(a.key, slots.data() + uint64_t(a.slot) * expert_bytes);
+  cpu::ExpertFfn(xe, count, w.gate, w.up, w.down, ye, ffn_scratch, pool.get());
+  for (int32_t r = 0; r < count; ++r) {
+    std::memcpy(routed_out + int64_t{rows[first + r]} * H, ye + int64_t{r} * H, H * sizeof(float));
+  }
+  if (charge_compute && !on_cpu) device->ChargeCompute(double(expert_bytes) * seconds_per_byte);
+}
+
+void Engine::Impl::PlanPrefetches(int32_t layer, int64_t n, PhaseStats& phase) {
+  // The same order as replay: the step's experts were acquired, now each token's routing is
+  // observed and its predicted experts prefetched.
+  const int64_t H = cfg->hidden_size, K = cfg->top_k;
+  const bool hidden = predictor->uses_hidden_states();
+  for (int64_t t = 0; t < n; ++t) {
+    for (int64_t j = 0; j < K; ++j) token_experts[j] = static_cast<uint16_t>(ids[t * K + j]);
+    planner->AfterRouting(*cache, step_requests[t], layer, token_experts,
+                          hidden ? std::span<const float>(x + t * H, static_cast<size_t>(H))
+                                 : std::span<const float>(),
+                          [&](ExpertKey key, int32_t distance) {
+                            transfers->Prefetch(key, distance == 1 ? TransferPriority::kNextLayer
+                                                                   : TransferPriority::kLookahead);
+                          });
+  }
+  if (hidden && n > 1) std::memcpy(layer_out, x, static_cast<size_t>(n * H) * sizeof(float));
+  const auto start = Clock::now();
+  transfers->Pump();
+  phase.load_seconds += SecondsSince(start);
 }
 
 void Engine::Impl::MeasureRecall(int32_t layer, int64_t n) {
