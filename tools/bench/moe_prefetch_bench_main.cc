@@ -91,7 +91,8 @@ int Main(int argc, char** argv) {
   std::string model_dir, prompt_file, configs_text = "none:0,gate:1,gate:2,frequency:1",
                                       policy = "lru", scope = "global";
   int64_t tokens = 32, prompts_count = 32, prompt_len = 32, window = 2;
-  double budget_percent = 25, link_gbps = 25, compute_gbps = 3350, latency_us = 10, cpu_gbps = 20;
+  double budget_percent = 25, link_gbps = 25, compute_gbps = 3350, latency_us = 10, cpu_gbps = 20,
+         threshold = 0;
   FlagSet flags("moe-prefetch-bench",
                 "Device time with prediction + prefetching against on-demand loading and the "
                 "max(compute, Belady) floor, on the fake device (modelled link and compute).\n"
@@ -114,6 +115,8 @@ int Main(int argc, char** argv) {
   flags.AddDouble("compute-gbps", &compute_gbps,
                   "device memory bandwidth for compute, GB/s (H100 HBM3: ~3350)");
   flags.AddInt("copy-window", &window, "expert copies on the device's copy stream at a time");
+  flags.AddDouble("prefetch-threshold", &threshold,
+                  "prefetch only experts predicted with at least this probability");
   flags.AddDouble("cpu-gbps", &cpu_gbps,
                   "host memory bandwidth of CPU expert compute, GB/s (configs ending in +cpu)");
   absl::Status st = flags.Parse(argc, argv);
@@ -169,6 +172,7 @@ int Main(int argc, char** argv) {
     base.copy_window = static_cast<int32_t>(window);
     base.num_threads = 0;
     base.cpu_bytes_per_second = cpu_gbps * 1e9;
+    base.prefetch.threshold = threshold;
 
     const double transfer_s = latency_us * 1e-6 + double(expert_bytes) / (link_gbps * 1e9);
     std::cout << fmt::format(
