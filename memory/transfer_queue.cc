@@ -77,6 +77,18 @@ void TransferQueue::BeginStep() {
   step_bytes_ = 0;
 }
 
+TransferQueue::EnqueueResult TransferQueue::CheckPrefetch() const {
+  if (options_.max_unconfirmed_prefetches != 0 &&
+      unconfirmed_ >= options_.max_unconfirmed_prefetches) {
+    return EnqueueResult::kRejectedCap;
+  }
+  if (options_.prefetch_bytes_per_step != 0 &&
+      step_bytes_ + options_.expert_bytes > options_.prefetch_bytes_per_step) {
+    return EnqueueResult::kRejectedBudget;
+  }
+  return EnqueueResult::kQueued;
+}
+
 TransferQueue::EnqueueResult TransferQueue::Enqueue(ExpertKey key, TransferPriority priority) {
   Checked(key);
   const auto state = static_cast<State>(state_[key]);
@@ -99,15 +111,14 @@ TransferQueue::EnqueueResult TransferQueue::Enqueue(ExpertKey key, TransferPrior
   if (demand) {
     ++counters_.demand_issued;
   } else {
-    if (options_.max_unconfirmed_prefetches != 0 &&
-        unconfirmed_ >= options_.max_unconfirmed_prefetches) {
+    const EnqueueResult admitted = CheckPrefetch();
+    if (admitted == EnqueueResult::kRejectedCap) {
       ++counters_.rejected_cap;
-      return EnqueueResult::kRejectedCap;
+      return admitted;
     }
-    if (options_.prefetch_bytes_per_step != 0 &&
-        step_bytes_ + options_.expert_bytes > options_.prefetch_bytes_per_step) {
+    if (admitted == EnqueueResult::kRejectedBudget) {
       ++counters_.rejected_budget;
-      return EnqueueResult::kRejectedBudget;
+      return admitted;
     }
     ++counters_.prefetch_issued;
     step_bytes_ += options_.expert_bytes;

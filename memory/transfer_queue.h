@@ -135,6 +135,11 @@ class TransferQueue {
   // (counts useful, and late + promoted unless it landed).
   EnqueueResult Enqueue(ExpertKey key, TransferPriority priority);
 
+  // Whether a prefetch Enqueue of an idle key would be admitted now (kQueued), or which limit
+  // refuses it (kRejectedCap, kRejectedBudget; the cap is checked first). Changes nothing and
+  // counts nothing: owners ask before committing cache space to a prefetch.
+  EnqueueResult CheckPrefetch() const;
+
   // Drops the queued transfer of `key` (counts cancelled; refunds a prefetch charged this step).
   // Returns false, changing nothing, when `key` is not queued (idle, in flight or landed).
   bool Cancel(ExpertKey key);

@@ -9,9 +9,10 @@
 //      become the prediction for its next visit (the sequence's next token);
 //   3. for d = 1 .. depth, target = (layer + d) mod L (wrapping to the next token's early layers):
 //      predict the target, refresh its scores, and prefetch its `budget` most probable experts
-//      (most probable first, stopping below `threshold`) that are not resident:
-//      cache.Prefetch(key); for each expert that this inserts, on_prefetch(key, d) runs (the
-//      engine queues its copy, with a priority by distance d; replay queues it on the link model).
+//      (most probable first, stopping below `threshold`) that are not resident and that
+//      admit(d) accepts (the engine's link budget and cap; replay admits all): cache.Prefetch(key);
+//      for each expert that this inserts, on_prefetch(key, d) runs (the engine queues its copy,
+//      with a priority by distance d; replay queues it on the link model).
 //
 // No allocation after construction. Thread-safety: none (the cache's owner drives it).
 #pragma once
@@ -37,9 +38,9 @@ class PrefetchPlanner {
   // `scores` may be null. The predictor and scores must outlive the planner.
   PrefetchPlanner(Predictor& predictor, ExpertScores* scores, const PrefetchOptions& options);
 
-  template <typename OnPrefetch>
+  template <typename Admit, typename OnPrefetch>
   void AfterRouting(ExpertCache& cache, int64_t seq, int32_t layer,
-                    std::span<const uint16_t> experts, std::span<const float> hidden,
+                    std::span<const uint16_t> experts, std::span<const float> hidden, Admit&& admit,
                     OnPrefetch&& on_prefetch) {
     predictor_.Observe(seq, layer, experts);
     if (!hidden.empty()) predictor_.ObserveHidden(seq, layer, hidden);
@@ -57,6 +58,8 @@ class PrefetchPlanner {
         const int32_t e = order_[i];
         if (probs_[e] < options_.threshold) break;  // most probable first
         const ExpertKey key = space_.Key(target, e);
+        if (cache.Contains(key)) continue;
+        if (!admit(d)) return;  // the link's budget or cap is spent for now
         if (cache.Prefetch(key)) on_prefetch(key, d);
       }
     }

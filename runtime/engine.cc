@@ -267,6 +267,15 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Mod
   } else {
     return InvalidArgument("unknown device '{}' (engine devices: cpu, fake)", options.device);
   }
+  if (options.max_unconfirmed_prefetches < 0 ||
+      (options.prefetch_bytes_per_step > 0 &&
+       options.prefetch_bytes_per_step < model->weights.expert_bytes)) {
+    return InvalidArgument(
+        "prefetch limits: {} bytes per step (0, or at least one expert of {} bytes) and a cap of "
+        "{} unconfirmed prefetches (>= 0)",
+        options.prefetch_bytes_per_step, model->weights.expert_bytes,
+        options.max_unconfirmed_prefetches);
+  }
   if (options.copy_window < 1) {
     return InvalidArgument("copy window {} must be >= 1", options.copy_window);
   }
@@ -344,9 +353,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Mod
   m.store = std::make_unique<HostExpertStore>(model->weights, space);
   // Synchronous copies (the CPU device) are split over the pool; the fake device models each
   // copy call, so an expert is three calls there.
-  m.transfers = std::make_unique<ExpertTransfers>(*m.device, *m.store, *m.cache, m.slots.data(),
-                                                  options.copy_window,
-                                                  m.charge_compute ? nullptr : m.pool.get());
+  m.transfers = std::make_unique<ExpertTransfers>(
+      *m.device, *m.store, *m.cache, m.slots.data(), options.copy_window,
+      m.charge_compute ? nullptr : m.pool.get(), options.prefetch_bytes_per_step,
+      options.max_unconfirmed_prefetches);
   m.cache->SetEvictionListener(
       [t = m.transfers.get()](ExpertKey key, int32_t) { t->OnEvicted(key); });
   for (const LayerWeights& l : m.dev.layers) {
@@ -500,13 +510,15 @@ void Engine::Impl::PlanPrefetches(int32_t layer, int64_t n, PhaseStats& phase) {
   const bool hidden = predictor->uses_hidden_states();
   for (int64_t t = 0; t < n; ++t) {
     for (int64_t j = 0; j < K; ++j) token_experts[j] = static_cast<uint16_t>(ids[t * K + j]);
-    planner->AfterRouting(*cache, step_requests[t], layer, token_experts,
-                          hidden ? std::span<const float>(x + t * H, static_cast<size_t>(H))
-                                 : std::span<const float>(),
-                          [&](ExpertKey key, int32_t distance) {
-                            transfers->Prefetch(key, distance == 1 ? TransferPriority::kNextLayer
-                                                                   : TransferPriority::kLookahead);
-                          });
+    planner->AfterRouting(
+        *cache, step_requests[t], layer, token_experts,
+        hidden ? std::span<const float>(x + t * H, static_cast<size_t>(H))
+               : std::span<const float>(),
+        [&](int32_t) { return transfers->AdmitPrefetch(); },
+        [&](ExpertKey key, int32_t distance) {
+          transfers->Prefetch(
+              key, distance == 1 ? TransferPriority::kNextLayer : TransferPriority::kLookahead);
+        });
   }
   if (hidden && n > 1) std::memcpy(layer_out, x, static_cast<size_t>(n * H) * sizeof(float));
   const auto start = Clock::now();
@@ -547,6 +559,7 @@ absl::Status Engine::Impl::RunStep(std::span<const StepToken> tokens, bool all_l
                                    PhaseStats& phase_stats) {
   const auto start = Clock::now();
   const double device_start = device->Now();
+  transfers->BeginStep();
   const ModelConfig& c = *cfg;
   const int64_t n = static_cast<int64_t>(tokens.size());
   const int64_t H = c.hidden_size, D = c.head_dim;

@@ -53,6 +53,10 @@ struct EngineOptions {
   std::string predictor = "none";
   std::string predictor_file;
   PrefetchOptions prefetch;
+  // Limits on prefetching (the TransferQueue's; 0: none): prefetch bytes admitted per step,
+  // and experts prefetched but not yet used (queued, on the link or landed) at any time.
+  uint64_t prefetch_bytes_per_step = 0;
+  int64_t max_unconfirmed_prefetches = 0;
   // Expert copies issued to the device's copy stream at a time (the rest wait in the priority
   // queue, where demand overtakes prefetches); >= 1.
   int32_t copy_window = 2;

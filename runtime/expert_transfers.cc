@@ -14,17 +14,39 @@ constexpr uint64_t kQueuedPrefetch = uint64_t{1} << 41;
 
 ExpertTransfers::ExpertTransfers(Device& device, const HostExpertStore& store,
                                  const ExpertCache& cache, std::byte* slots, int32_t window,
-                                 cpu::ThreadPool* copy_pool)
+                                 cpu::ThreadPool* copy_pool, uint64_t prefetch_bytes_per_step,
+                                 int64_t max_unconfirmed_prefetches)
     : device_(device),
       store_(store),
       cache_(cache),
       slots_(slots),
       window_(window),
       copy_pool_(copy_pool),
-      queue_(TransferQueueOptions{store.space(), store.expert_bytes(), 0, 0}),
+      queue_(TransferQueueOptions{store.space(), store.expert_bytes(), prefetch_bytes_per_step,
+                                  max_unconfirmed_prefetches}),
       order_(static_cast<size_t>(store.space().size()), 0),
       failed_(static_cast<size_t>(store.space().size()), 0) {
   MOE_CHECK(window >= 1);
+}
+
+bool ExpertTransfers::AdmitPrefetch() {
+  switch (queue_.CheckPrefetch()) {
+    case TransferQueue::EnqueueResult::kRejectedBudget:
+      ++rejected_budget_;
+      return false;
+    case TransferQueue::EnqueueResult::kRejectedCap:
+      ++rejected_cap_;
+      return false;
+    default:
+      return true;
+  }
+}
+
+TransferCounters ExpertTransfers::counters() const {
+  TransferCounters c = queue_.counters();
+  c.rejected_budget += rejected_budget_;
+  c.rejected_cap += rejected_cap_;
+  return c;
 }
 
 void ExpertTransfers::Demand(ExpertKey key) {
@@ -44,7 +66,7 @@ void ExpertTransfers::Use(ExpertKey key) {
 void ExpertTransfers::Prefetch(ExpertKey key, TransferPriority priority) {
   failed_[key] = 0;
   const auto r = queue_.Enqueue(key, priority);
-  MOE_CHECK(r == TransferQueue::EnqueueResult::kQueued);  // no byte budget or cap configured
+  MOE_CHECK(r == TransferQueue::EnqueueResult::kQueued);  // AdmitPrefetch said it fits
   order_[key] = kQueuedPrefetch + enqueued_++;
 }
 

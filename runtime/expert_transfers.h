@@ -37,8 +37,16 @@ namespace moe {
 class ExpertTransfers {
  public:
   // All references must outlive this object. `slots` is the expert slot arena of the cache.
+  // `prefetch_bytes_per_step` and `max_unconfirmed_prefetches` are the TransferQueue's limits
+  // (0: none); BeginStep starts a step's byte budget.
   ExpertTransfers(Device& device, const HostExpertStore& store, const ExpertCache& cache,
-                  std::byte* slots, int32_t window, cpu::ThreadPool* copy_pool);
+                  std::byte* slots, int32_t window, cpu::ThreadPool* copy_pool,
+                  uint64_t prefetch_bytes_per_step = 0, int64_t max_unconfirmed_prefetches = 0);
+
+  void BeginStep() { queue_.BeginStep(); }
+  // Whether one more prefetch fits the step's link budget and the cap on unconfirmed
+  // prefetches; a refusal is counted (rejected_budget / rejected_cap).
+  bool AdmitPrefetch();
 
   // A demand miss: the cache just gave `key` a slot. Queues its copy at demand priority.
   void Demand(ExpertKey key);
@@ -63,7 +71,8 @@ class ExpertTransfers {
   // status: an error names the expert when a copy failed.
   absl::Status WaitReady(ExpertKey key);
 
-  const TransferCounters& counters() const { return queue_.counters(); }
+  // The queue's counters, with the prefetches AdmitPrefetch refused in rejected_budget/cap.
+  TransferCounters counters() const;
   // Copies that failed (each failed expert is copied again when demand needs it).
   uint64_t failed_copies() const { return failed_copies_; }
 
@@ -89,6 +98,7 @@ class ExpertTransfers {
   std::vector<uint8_t> failed_;  // per key: its last copy failed; the slot holds garbage
   uint64_t issued_ = 0, enqueued_ = 0;
   uint64_t failed_copies_ = 0;
+  uint64_t rejected_budget_ = 0, rejected_cap_ = 0;
   bool reported_failure_ = false;
 };
 

@@ -35,8 +35,8 @@ struct FfnWeights {
 };
 
 struct LayerWeights {
-  WeightView input_norm;  // [1, H]
-  WeightView q, k, v, o;  // q [Hq*D, H], k/v [Hkv*D, H], o [H, Hq*D]
+  WeightView input_norm;              // [1, H]
+  WeightView q, k, v, o;              // q [Hq*D, H], k/v [Hkv*D, H], o [H, Hq*D]
   WeightView q_bias, k_bias, v_bias;  // [1, ...]; absent unless config.attention_bias
   WeightView post_attention_norm;     // [1, H]
   WeightView router;                  // [E, H]

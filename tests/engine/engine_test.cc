@@ -455,6 +455,38 @@ TEST(Engine, CpuFallbackRunsLateExpertsOnTheCpuWhenTheLinkIsSlower) {
   EXPECT_EQ(fast->stats().cpu_fallbacks, 0u);
 }
 
+TEST(Engine, PrefetchLimitsBoundTheLinkBytesPerStepAndUnconfirmedPrefetches) {
+  auto unlimited = MakeEngine(FakeDeviceOptionsFor("gate", 2));
+  ASSERT_NE(unlimited, nullptr);
+  const std::vector<float> expected = RunRequests(*unlimited);
+  const uint64_t expert_bytes = TinyModel()->weights.expert_bytes;
+
+  EngineOptions budget = FakeDeviceOptionsFor("gate", 2);
+  budget.prefetch_bytes_per_step = expert_bytes;  // one prefetch per step
+  auto per_step = MakeEngine(budget);
+  ASSERT_NE(per_step, nullptr);
+  EXPECT_EQ(MaxAbsDiff(RunRequests(*per_step), expected), 0.0);
+  const EngineStats b = per_step->stats();
+  EXPECT_GT(b.transfers.rejected_budget, 0u);
+  EXPECT_LE(b.transfers.prefetch_issued, b.prefill.steps + b.decode.steps);
+  EXPECT_EQ(b.cache.prefetch_loads, b.transfers.prefetch_issued);  // refused ones took no slot
+
+  EngineOptions cap = FakeDeviceOptionsFor("gate", 2);
+  cap.max_unconfirmed_prefetches = 1;
+  auto capped = MakeEngine(cap);
+  ASSERT_NE(capped, nullptr);
+  EXPECT_EQ(MaxAbsDiff(RunRequests(*capped), expected), 0.0);
+  const EngineStats c = capped->stats();
+  EXPECT_GT(c.transfers.rejected_cap, 0u);
+  EXPECT_LT(c.transfers.prefetch_issued, unlimited->stats().transfers.prefetch_issued);
+
+  EngineOptions bad = FakeDeviceOptionsFor("gate", 2);
+  bad.prefetch_bytes_per_step = expert_bytes - 1;
+  auto e = Engine::Create(TinyModel(), bad);
+  ASSERT_FALSE(e.ok());
+  EXPECT_THAT(std::string(e.status().message()), HasSubstr("prefetch limits"));
+}
+
 TEST(Engine, FailedExpertCopiesAreRetriedAndResultsStayExact) {
   auto reference = MakeEngine(FakeDeviceOptionsFor("gate", 1));
   ASSERT_NE(reference, nullptr);

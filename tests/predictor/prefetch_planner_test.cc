@@ -58,8 +58,9 @@ TEST(PrefetchPlanner, PrefetchesTheMostProbableExpertsOfTheNextLayersAboveTheThr
   auto cache = Cache(4);
   std::vector<std::pair<ExpertKey, int32_t>> got;
   const uint16_t experts[] = {0, 1};
-  planner.AfterRouting(*cache, 0, 2, experts, {},
-                       [&](ExpertKey key, int32_t d) { got.emplace_back(key, d); });
+  planner.AfterRouting(
+      *cache, 0, 2, experts, {}, [](int32_t) { return true; },
+      [&](ExpertKey key, int32_t d) { got.emplace_back(key, d); });
   // Layer 2 + 1 wraps to layer 0, + 2 to layer 1: experts 1, 3, 2 (0.3 >= 0.25), not 5 (0.2).
   const ExpertSpace s{kLayers, kExperts};
   const std::vector<std::pair<ExpertKey, int32_t>> want = {{s.Key(0, 1), 1}, {s.Key(0, 3), 1},
@@ -69,10 +70,26 @@ TEST(PrefetchPlanner, PrefetchesTheMostProbableExpertsOfTheNextLayersAboveTheThr
   EXPECT_EQ(p.observed_, std::vector<int32_t>{2});
   // Already resident: nothing new.
   got.clear();
-  planner.AfterRouting(*cache, 0, 2, experts, {},
-                       [&](ExpertKey key, int32_t d) { got.emplace_back(key, d); });
+  planner.AfterRouting(
+      *cache, 0, 2, experts, {}, [](int32_t) { return true; },
+      [&](ExpertKey key, int32_t d) { got.emplace_back(key, d); });
   EXPECT_TRUE(got.empty());
   EXPECT_EQ(planner.garbage_predictions(), 0u);
+}
+
+TEST(PrefetchPlanner, StopsWhenTheLinkAdmitsNoMorePrefetches) {
+  FixedPredictor p(Options(), {0.1f, 0.9f, 0.3f, 0.8f, 0.05f, 0.2f});
+  PrefetchPlanner planner(p, nullptr, PrefetchOptions{2, 3, 0.0});
+  auto cache = Cache(4);
+  int admitted = 0;
+  std::vector<ExpertKey> got;
+  const uint16_t experts[] = {0, 1};
+  planner.AfterRouting(
+      *cache, 0, 0, experts, {}, [&](int32_t) { return admitted++ < 2; },
+      [&](ExpertKey key, int32_t) { got.push_back(key); });
+  const ExpertSpace s{kLayers, kExperts};
+  EXPECT_EQ(got, (std::vector<ExpertKey>{s.Key(1, 1), s.Key(1, 3)}));
+  EXPECT_EQ(cache->resident_count(), 2);  // a refused prefetch takes no cache space
 }
 
 TEST(PrefetchPlanner, GarbageProbabilitiesAreSanitizedAndCounted) {
@@ -84,8 +101,9 @@ TEST(PrefetchPlanner, GarbageProbabilitiesAreSanitizedAndCounted) {
   auto cache = Cache(4);
   std::vector<ExpertKey> got;
   const uint16_t experts[] = {4, 5};
-  planner.AfterRouting(*cache, 0, 0, experts, {},
-                       [&](ExpertKey key, int32_t) { got.push_back(key); });
+  planner.AfterRouting(
+      *cache, 0, 0, experts, {}, [](int32_t) { return true; },
+      [&](ExpertKey key, int32_t) { got.push_back(key); });
   // 7 and +inf become 1 (ids 2, 3), then 0.5 (id 5); NaN and negatives became 0.
   const ExpertSpace s{kLayers, kExperts};
   EXPECT_EQ(got, (std::vector<ExpertKey>{s.Key(1, 2), s.Key(1, 3), s.Key(1, 5)}));

@@ -90,7 +90,8 @@ absl::StatusOr<RunResult> Run(std::shared_ptr<const Model> model, EngineOptions 
 int Main(int argc, char** argv) {
   std::string model_dir, prompt_file, configs_text = "none:0,gate:1,gate:2,frequency:1",
                                       policy = "lru", scope = "global";
-  int64_t tokens = 32, prompts_count = 32, prompt_len = 32, window = 2;
+  int64_t tokens = 32, prompts_count = 32, prompt_len = 32, window = 2, max_unconfirmed = 0,
+          step_experts = 0;
   double budget_percent = 25, link_gbps = 25, compute_gbps = 3350, latency_us = 10, cpu_gbps = 20,
          threshold = 0;
   FlagSet flags("moe-prefetch-bench",
@@ -115,6 +116,10 @@ int Main(int argc, char** argv) {
   flags.AddDouble("compute-gbps", &compute_gbps,
                   "device memory bandwidth for compute, GB/s (H100 HBM3: ~3350)");
   flags.AddInt("copy-window", &window, "expert copies on the device's copy stream at a time");
+  flags.AddInt("prefetch-cap", &max_unconfirmed,
+               "experts prefetched but not yet used at any time (0: no cap)");
+  flags.AddInt("prefetch-step-experts", &step_experts,
+               "experts' worth of prefetch bytes admitted per step (0: no budget)");
   flags.AddDouble("prefetch-threshold", &threshold,
                   "prefetch only experts predicted with at least this probability");
   flags.AddDouble("cpu-gbps", &cpu_gbps,
@@ -173,6 +178,9 @@ int Main(int argc, char** argv) {
     base.num_threads = 0;
     base.cpu_bytes_per_second = cpu_gbps * 1e9;
     base.prefetch.threshold = threshold;
+    base.max_unconfirmed_prefetches = max_unconfirmed;
+    base.prefetch_bytes_per_step =
+        static_cast<uint64_t>(step_experts) * model->weights.expert_bytes;
 
     const double transfer_s = latency_us * 1e-6 + double(expert_bytes) / (link_gbps * 1e9);
     std::cout << fmt::format(

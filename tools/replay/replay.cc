@@ -293,9 +293,11 @@ absl::StatusOr<ReplayResult> RunReplay(const RoutingTrace& trace, const ReplaySc
         }
 
         if (planner) {
-          planner->AfterRouting(*cache, tok.sequence, l, experts, {}, [&](ExpertKey key, int32_t) {
-            if (timed) link->EnqueuePrefetch(key, now);
-          });
+          planner->AfterRouting(
+              *cache, tok.sequence, l, experts, {}, [](int32_t) { return true; },
+              [&](ExpertKey key, int32_t) {
+                if (timed) link->EnqueuePrefetch(key, now);
+              });
         }
       }
       if (timed) {
