@@ -48,6 +48,33 @@ std::vector<WeightView*> NonExpertViews(ModelWeights& w, bool tied) {
   return views;
 }
 
+struct CpuExpertRates {
+  double bytes_per_second = 0;  // weights streamed by one token's expert FFN
+  double flops_per_second = 0;  // at 64 tokens, where the FFN is compute-bound
+};
+
+// Times the CPU expert FFN on a real expert in host memory (best of 5 after a warm-up): one
+// token for the memory-bound rate, 64 tokens for the compute-bound one.
+CpuExpertRates MeasureCpuExpertRates(const FfnWeights& w, cpu::ThreadPool* pool) {
+  const int64_t H = w.gate.cols, I = w.gate.rows, rows = 64;
+  std::vector<float> x(static_cast<size_t>(rows * H), 0.01f), y(x.size());
+  std::vector<float> scratch(static_cast<size_t>(2 * rows * I));
+  auto best_seconds = [&](int64_t n) {
+    double best = 1e30;
+    for (int r = 0; r < 6; ++r) {
+      const auto start = Clock::now();
+      cpu::ExpertFfn(x.data(), n, w.gate, w.up, w.down, y.data(), scratch.data(), pool);
+      if (r > 0) best = std::min(best, SecondsSince(start));
+    }
+    return std::max(best, 1e-9);
+  };
+  const double bytes = double(w.gate.num_bytes() + w.up.num_bytes() + w.down.num_bytes());
+  CpuExpertRates rates;
+  rates.bytes_per_second = bytes / best_seconds(1);
+  rates.flops_per_second = 6.0 * double(rows) * double(H) * double(I) / best_seconds(rows);
+  return rates;
+}
+
 }  // namespace
 
 struct Engine::Impl {
@@ -251,16 +278,14 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Mod
     m.charge_compute = true;
     m.seconds_per_byte = 1.0 / options.fake_compute_bytes_per_second;
     if (options.cpu_fallback) {
-      if (!(options.cpu_bytes_per_second > 0) || !(options.cpu_flops_per_second > 0)) {
-        return InvalidArgument("cpu fallback: {} B/s and {} flop/s must be > 0",
+      if (!(options.cpu_bytes_per_second >= 0) || !(options.cpu_flops_per_second >= 0)) {
+        return InvalidArgument("cpu fallback: {} B/s and {} flop/s must be >= 0 (0: measure)",
                                options.cpu_bytes_per_second, options.cpu_flops_per_second);
       }
       m.cpu_fallback = true;
       m.transfer_seconds =
           options.fake_device.link_latency_seconds +
           double(model->weights.expert_bytes) / options.fake_device.link_bytes_per_second;
-      m.cpu_seconds_per_byte = 1.0 / options.cpu_bytes_per_second;
-      m.cpu_seconds_per_flop = 1.0 / options.cpu_flops_per_second;
     }
   } else if (options.device == "cpu") {
     m.device = MakeCpuDevice(0);
@@ -291,6 +316,19 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Mod
   const int64_t T = m.max_step, H = cfg.hidden_size;
   const int64_t ffn = std::max(cfg.intermediate_size, cfg.shared_expert_intermediate_size);
   m.pool = std::make_unique<cpu::ThreadPool>(options.num_threads);
+  if (m.cpu_fallback) {
+    // The CPU side of the cost model: given rates, or measured now on a real expert.
+    const CpuExpertRates measured =
+        options.cpu_bytes_per_second > 0 && options.cpu_flops_per_second > 0
+            ? CpuExpertRates{}
+            : MeasureCpuExpertRates(model->weights.layers[0].experts[0], m.pool.get());
+    m.stats.cpu_bytes_per_second =
+        options.cpu_bytes_per_second > 0 ? options.cpu_bytes_per_second : measured.bytes_per_second;
+    m.stats.cpu_flops_per_second =
+        options.cpu_flops_per_second > 0 ? options.cpu_flops_per_second : measured.flops_per_second;
+    m.cpu_seconds_per_byte = 1.0 / m.stats.cpu_bytes_per_second;
+    m.cpu_seconds_per_flop = 1.0 / m.stats.cpu_flops_per_second;
+  }
   const int64_t threads = m.pool->num_threads();
   // Offsets (in floats, each aligned) of the activation buffers inside one allocation.
   const int64_t sizes[] = {T * H,

@@ -75,9 +75,11 @@ struct EngineOptions {
   // goes to the CPU and large prefill batches do not. Only for devices that are not the CPU (the
   // fake device; on the CPU device it is ignored). Results are identical either way, and so are hit
   // rates: moe-replay still reproduces them.
+  // The CPU's rates are measured at Create on a real expert when 0 (the default; reported in
+  // EngineStats); tests and modelled benchmarks give them for deterministic decisions.
   bool cpu_fallback = false;
-  double cpu_bytes_per_second = 20e9;  // host memory bandwidth the CPU expert kernels reach
-  double cpu_flops_per_second = 1e12;
+  double cpu_bytes_per_second = 0;  // weight bytes per second of the CPU expert kernel
+  double cpu_flops_per_second = 0;
 };
 
 struct PhaseStats {
@@ -101,9 +103,12 @@ struct EngineStats {
   // One-layer-ahead recall of the predictor at budget prefetch.budget (top_k when 0); empty
   // vectors without a predictor.
   PredictionRecall recall;
-  TransferCounters transfers;       // expert copies: issued, cancelled, useful, late, wasted
-  uint64_t failed_copies = 0;       // expert copies that failed (copied again when needed)
-  double device_seconds = 0;        // the device timeline (fake device: virtual compute + stall)
+  TransferCounters transfers;  // expert copies: issued, cancelled, useful, late, wasted
+  uint64_t failed_copies = 0;  // expert copies that failed (copied again when needed)
+  double device_seconds = 0;   // the device timeline (fake device: virtual compute + stall)
+  // The cost model's CPU rates (measured at Create unless given); 0 without the fallback.
+  double cpu_bytes_per_second = 0;
+  double cpu_flops_per_second = 0;
   uint64_t cpu_fallbacks = 0;       // missed experts computed on the CPU instead of copied
   double cpu_fallback_seconds = 0;  // their modelled CPU time (in device_seconds)
 };

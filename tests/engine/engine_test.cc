@@ -448,6 +448,18 @@ TEST(Engine, CpuFallbackRunsLateExpertsOnTheCpuWhenTheLinkIsSlower) {
   EXPECT_LT(c.decode.device_seconds, w.decode.device_seconds);
   EXPECT_LT(c.device.copy_stall_seconds, w.device.copy_stall_seconds);
 
+  EXPECT_EQ(c.cpu_bytes_per_second, 20e9);  // given, not measured
+
+  // Rates left at 0 are measured at Create on a real expert (the values depend on the machine).
+  EngineOptions measured = options(true, 2e9);
+  measured.cpu_bytes_per_second = 0;
+  measured.cpu_flops_per_second = 0;
+  auto m = MakeEngine(measured);
+  ASSERT_NE(m, nullptr);
+  EXPECT_GT(m->stats().cpu_bytes_per_second, 0.0);
+  EXPECT_GT(m->stats().cpu_flops_per_second, 0.0);
+  EXPECT_EQ(MaxAbsDiff(RunRequests(*m), RunRequests(*wait)), 0.0);
+
   // A link far faster than the CPU: the copy always wins.
   auto fast = MakeEngine(options(true, 1e13));
   ASSERT_NE(fast, nullptr);

@@ -123,7 +123,8 @@ int Main(int argc, char** argv) {
   flags.AddDouble("prefetch-threshold", &threshold,
                   "prefetch only experts predicted with at least this probability");
   flags.AddDouble("cpu-gbps", &cpu_gbps,
-                  "host memory bandwidth of CPU expert compute, GB/s (configs ending in +cpu)");
+                  "host memory bandwidth of CPU expert compute, GB/s (configs ending in +cpu; "
+                  "0: measured at start-up)");
   absl::Status st = flags.Parse(argc, argv);
   if (FlagSet::IsHelp(st)) {
     std::cout << flags.Usage();
@@ -194,7 +195,7 @@ int Main(int argc, char** argv) {
         "{:<24} {:>10} {:>9} {:>9} {:>9} {:>7} {:>9} {:>10} {:>8} {:>7} {:>6}\n", "config",
         "total ms", "decode ms", "vs base", "stall ms", "hit", "link MiB", "prefetched", "useful",
         "wasted", "on cpu");
-    double base_decode = 0, base_compute = 0;
+    double base_decode = 0, base_compute = 0, cpu_bytes_rate = 0, cpu_flop_rate = 0;
     RoutingTrace base_trace;
     uint64_t slot_bytes = 0;
     for (size_t i = 0; i < configs.size(); ++i) {
@@ -206,6 +207,10 @@ int Main(int argc, char** argv) {
       MOE_ASSIGN_OR_RETURN(RunResult r, Run(model, options, prompts, tokens));
       const EngineStats& s = r.stats;
       const TransferCounters& t = s.transfers;
+      if (configs[i].cpu_fallback) {
+        cpu_bytes_rate = s.cpu_bytes_per_second;
+        cpu_flop_rate = s.cpu_flops_per_second;
+      }
       if (i == 0) {
         base_decode = s.decode.device_seconds;
         base_compute = s.device.compute_seconds;
@@ -240,6 +245,13 @@ int Main(int argc, char** argv) {
         "{:.3f} ms; Belady hit rate {:.4f}\n",
         base_compute * 1e3, belady.stats.loads(), transfer_s * 1e6,
         double(belady.stats.loads()) * transfer_s * 1e3, floor * 1e3, belady.stats.hit_rate());
+    if (cpu_bytes_rate > 0) {
+      std::cout << fmt::format(
+          "CPU fallback cost model: {:.1f} GB/s of expert weights, {:.1f} GFLOP/s ({})\n",
+          cpu_bytes_rate / 1e9, cpu_flop_rate / 1e9,
+          cpu_gbps > 0 ? "bandwidth given by --cpu-gbps, flop rate measured at start-up"
+                       : "both measured at start-up on this machine's CPU");
+    }
     std::cout << "wasted = bytes of prefetches moved and evicted unused / bytes moved; on cpu = "
                  "missed experts the cost model sent to the CPU instead of waiting\n";
     return absl::OkStatus();
