@@ -180,12 +180,8 @@ absl::Status Engine::Impl::CreatePredictor(const EngineOptions& options, const E
     MOE_ASSIGN_OR_RETURN(predictor, MakePredictor(options.predictor, po));
   }
   if (!options.predictor_file.empty()) {
-    absl::Status loaded = predictor->Load(options.predictor_file);
-    if (!loaded.ok()) {
-      return absl::Status(loaded.code(),
-                          fmt::format("predictor file {}: {}", options.predictor_file,
-                                      std::string(loaded.message())));
-    }
+    MOE_RETURN_IF_ERROR_CTX(predictor->Load(options.predictor_file),
+                            "predictor file " + options.predictor_file);
   }
   const int32_t L = space.num_layers;
   stats.recall.budget = options.prefetch.budget > 0 ? options.prefetch.budget : po.top_k;

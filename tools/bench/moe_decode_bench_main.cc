@@ -94,13 +94,7 @@ int Main(int argc, char** argv) {
   flags.AddInt("repeats", &repeats, "repeats per budget (the median is reported)");
   flags.AddInt("threads", &threads, "threads (0: all cores)");
   flags.AddString("budgets", &budgets_text, "expert budgets in percent of all expert bytes");
-  absl::Status st = flags.Parse(argc, argv);
-  if (FlagSet::IsHelp(st)) {
-    std::cout << flags.Usage();
-    return 0;
-  }
-  auto run = [&]() -> absl::Status {
-    MOE_RETURN_IF_ERROR(st);
+  return flags.Run(argc, argv, [&]() -> absl::Status {
     if (model_dir.empty()) return InvalidArgument("--model DIR is required");
     if (tokens < 1 || repeats < 1) return InvalidArgument("--tokens and --repeats must be >= 1");
     const auto load_start = Clock::now();
@@ -221,13 +215,7 @@ int Main(int argc, char** argv) {
           r.budget, r.file_rss / 1e6, checkpoint_gb * 1e3, r.anon_rss / 1e6, r.arena / 1e6);
     }
     return absl::OkStatus();
-  };
-  st = run();
-  if (!st.ok()) {
-    std::cerr << "moe-decode-bench: error: " << std::string(st.message()) << "\n";
-    return 2;
-  }
-  return 0;
+  });
 }
 
 }  // namespace

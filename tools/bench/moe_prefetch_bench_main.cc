@@ -125,13 +125,7 @@ int Main(int argc, char** argv) {
   flags.AddDouble("cpu-gbps", &cpu_gbps,
                   "host memory bandwidth of CPU expert compute, GB/s (configs ending in +cpu; "
                   "0: measured at start-up)");
-  absl::Status st = flags.Parse(argc, argv);
-  if (FlagSet::IsHelp(st)) {
-    std::cout << flags.Usage();
-    return 0;
-  }
-  auto run = [&]() -> absl::Status {
-    MOE_RETURN_IF_ERROR(st);
+  return flags.Run(argc, argv, [&]() -> absl::Status {
     if (model_dir.empty()) return InvalidArgument("--model DIR is required");
     if (tokens < 1) return InvalidArgument("--tokens {} must be >= 1", tokens);
     if (!(budget_percent > 0 && budget_percent <= 100)) {
@@ -255,13 +249,7 @@ int Main(int argc, char** argv) {
     std::cout << "wasted = bytes of prefetches moved and evicted unused / bytes moved; on cpu = "
                  "missed experts the cost model sent to the CPU instead of waiting\n";
     return absl::OkStatus();
-  };
-  const absl::Status result = run();
-  if (!result.ok()) {
-    std::cerr << "moe-prefetch-bench: " << result.message() << "\n";
-    return 1;
-  }
-  return 0;
+  });
 }
 
 }  // namespace

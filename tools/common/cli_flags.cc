@@ -4,6 +4,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
+#include <iostream>
 
 #include "fmt/format.h"
 #include "runtime/status.h"
@@ -173,6 +174,20 @@ bool FlagSet::WasSet(std::string_view name) const {
 
 bool FlagSet::IsHelp(const absl::Status& status) {
   return absl::IsCancelled(status) && std::string(status.message()) == kHelpMessage;
+}
+
+int FlagSet::Run(int argc, char** argv, const std::function<absl::Status()>& body) {
+  absl::Status st = Parse(argc, argv);
+  if (IsHelp(st)) {
+    std::cout << Usage();
+    return 0;
+  }
+  if (st.ok()) st = body();
+  if (!st.ok()) {
+    std::cerr << program_ << ": error: " << std::string(st.message()) << "\n";
+    return 2;
+  }
+  return 0;
 }
 
 absl::Status FlagSet::Parse(int argc, char** argv) {

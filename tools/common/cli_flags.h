@@ -44,6 +44,11 @@ class FlagSet {
 
   static bool IsHelp(const absl::Status& status);
 
+  // The tail of a tool's main(): parses argv; --help prints the usage and returns 0; otherwise
+  // runs `body` and returns 0, or prints a parse error or body's error as one line
+  // "<program>: error: <message>" on stderr and returns 2.
+  int Run(int argc, char** argv, const std::function<absl::Status()>& body);
+
  private:
   struct Flag {
     std::string name;

@@ -153,16 +153,8 @@ int Main(int argc, char** argv) {
   flags.AddDouble("router-skew", &router_skew, "per-expert router preference, in logits");
   flags.AddString("tokenizer", &tokenizer, "SentencePiece model to copy in as tokenizer.model");
 
-  absl::Status st = flags.Parse(argc, argv);
-  if (FlagSet::IsHelp(st)) {
-    std::cout << flags.Usage();
-    return 0;
-  }
-  uint64_t expert_bytes = 0, total_bytes = 0;
-  int files = 0;
-  SyntheticModelOptions o;
-  auto run = [&]() -> absl::Status {
-    MOE_RETURN_IF_ERROR(st);
+  return flags.Run(argc, argv, [&]() -> absl::Status {
+    SyntheticModelOptions o;
     if (out.empty()) return InvalidArgument("--out DIR is required (see --help)");
     MOE_ASSIGN_OR_RETURN(o, Preset(preset.empty() ? "tiny" : preset));
     auto set = [&flags](const char* name, int64_t value, int64_t* dest) {
@@ -258,22 +250,16 @@ int Main(int argc, char** argv) {
     MOE_ASSIGN_OR_RETURN(ModelConfig config, ReadModelConfig(out));
     MOE_ASSIGN_OR_RETURN(auto checkpoint, Checkpoint::Open(out));
     MOE_ASSIGN_OR_RETURN(ModelWeights weights, BindModelWeights(*checkpoint, config));
-    expert_bytes = weights.expert_bytes;
-    total_bytes = checkpoint->total_bytes();
-    files = static_cast<int>(checkpoint->files().size());
+    const uint64_t expert_bytes = weights.expert_bytes;
+    const uint64_t total_bytes = checkpoint->total_bytes();
+    const int files = static_cast<int>(checkpoint->files().size());
+    std::cout << fmt::format(
+        "moe-make-model: wrote {}: {} {} layers x {} experts (top-{}), {}, {} file(s), total {} "
+        "({} bytes), expert {} ({} bytes)\n",
+        out, ModelFamilyName(o.family), o.layers, o.experts, o.top_k, DTypeName(o.dtype), files,
+        FormatBytes(total_bytes), total_bytes, FormatBytes(expert_bytes), expert_bytes);
     return absl::OkStatus();
-  };
-  st = run();
-  if (!st.ok()) {
-    std::cerr << "moe-make-model: error: " << std::string(st.message()) << "\n";
-    return 2;
-  }
-  std::cout << fmt::format(
-      "moe-make-model: wrote {}: {} {} layers x {} experts (top-{}), {}, {} file(s), total {} "
-      "({} bytes), expert {} ({} bytes)\n",
-      out, ModelFamilyName(o.family), o.layers, o.experts, o.top_k, DTypeName(o.dtype), files,
-      FormatBytes(total_bytes), total_bytes, FormatBytes(expert_bytes), expert_bytes);
-  return 0;
+  });
 }
 
 }  // namespace

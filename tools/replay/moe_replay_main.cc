@@ -448,31 +448,16 @@ int Main(int argc, char** argv) {
                 "report recall/precision of --predictor per layer distance");
   flags.AddInt("budget", &cli.budget, "eval: experts predicted per layer (default 2 x top-k)");
 
-  absl::Status st = flags.Parse(argc, argv);
-  if (FlagSet::IsHelp(st)) {
-    std::cout << flags.Usage();
-    return 0;
-  }
-  if (st.ok()) {
+  return flags.Run(argc, argv, [&]() -> absl::Status {
     Inputs in;
-    st = LoadInputs(cli, &in);
-    if (st.ok()) {
-      if (cli.sweep && cli.eval_predictor) {
-        st = InvalidArgument("--sweep and --eval-predictor are separate modes; pick one");
-      } else if (cli.sweep) {
-        st = RunSweep(cli, in);
-      } else if (cli.eval_predictor) {
-        st = RunEvalPredictor(cli, in);
-      } else {
-        st = RunSingle(cli, in);
-      }
+    MOE_RETURN_IF_ERROR(LoadInputs(cli, &in));
+    if (cli.sweep && cli.eval_predictor) {
+      return InvalidArgument("--sweep and --eval-predictor are separate modes; pick one");
     }
-  }
-  if (!st.ok()) {
-    std::cerr << "moe-replay: error: " << std::string(st.message()) << "\n";
-    return 2;
-  }
-  return 0;
+    if (cli.sweep) return RunSweep(cli, in);
+    if (cli.eval_predictor) return RunEvalPredictor(cli, in);
+    return RunSingle(cli, in);
+  });
 }
 
 }  // namespace

@@ -69,13 +69,7 @@ int Main(int argc, char** argv) {
   flags.AddString("phase", &phase, "synthetic: prefill or decode");
   flags.AddInt("seed", &seed, "synthetic: random seed");
 
-  absl::Status st = flags.Parse(argc, argv);
-  if (FlagSet::IsHelp(st)) {
-    std::cout << flags.Usage();
-    return 0;
-  }
-  auto run = [&]() -> absl::Status {
-    MOE_RETURN_IF_ERROR(st);
+  return flags.Run(argc, argv, [&]() -> absl::Status {
     RoutingTrace trace;
     if (synthetic) {
       if (!in.empty()) return InvalidArgument("--synthetic and --in exclude each other");
@@ -107,13 +101,7 @@ int Main(int argc, char** argv) {
     }
     if (info) PrintInfo(trace);
     return absl::OkStatus();
-  };
-  st = run();
-  if (!st.ok()) {
-    std::cerr << "moe-trace: error: " << std::string(st.message()) << "\n";
-    return 2;
-  }
-  return 0;
+  });
 }
 
 }  // namespace
