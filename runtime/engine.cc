@@ -177,7 +177,11 @@ absl::Status Engine::Impl::CreatePredictor(const EngineOptions& options, const E
     predictor = std::make_unique<GatePredictor>(po, std::move(layers), cfg->hidden_size,
                                                 static_cast<float>(cfg->rms_norm_eps));
   } else {
-    MOE_ASSIGN_OR_RETURN(predictor, MakePredictor(options.predictor, po));
+    auto made = MakePredictor(options.predictor, po);
+    if (!made.ok()) {  // the names MakePredictor lists, and the engine's own
+      return Annotate(made.status(), "predictor (the engine also has \"gate\")");
+    }
+    predictor = *std::move(made);
   }
   if (!options.predictor_file.empty()) {
     MOE_RETURN_IF_ERROR_CTX(predictor->Load(options.predictor_file),

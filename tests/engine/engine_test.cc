@@ -493,6 +493,9 @@ TEST(Engine, PrefetchLimitsBoundTheLinkBytesPerStepAndUnconfirmedPrefetches) {
   EXPECT_LT(c.transfers.prefetch_issued, unlimited->stats().transfers.prefetch_issued);
 
   EngineOptions bad = FakeDeviceOptionsFor("gate", 2);
+  bad.max_unconfirmed_prefetches = -1;
+  EXPECT_FALSE(Engine::Create(TinyModel(), bad).ok());
+  bad.max_unconfirmed_prefetches = 0;
   bad.prefetch_bytes_per_step = expert_bytes - 1;
   auto e = Engine::Create(TinyModel(), bad);
   ASSERT_FALSE(e.ok());
@@ -524,6 +527,27 @@ TEST(Engine, FailedExpertCopiesAreRetriedAndResultsStayExact) {
   const absl::Status st = engine->Evaluate({&entry, 1}, false, logits);
   ASSERT_FALSE(st.ok());
   EXPECT_THAT(std::string(st.message()), HasSubstr("failed twice"));
+}
+
+TEST(Engine, BadDeviceOptionsAreClearErrors) {
+  auto expect_error = [](const EngineOptions& options, const char* needle) {
+    auto e = Engine::Create(TinyModel(), options);
+    ASSERT_FALSE(e.ok()) << needle;
+    EXPECT_THAT(std::string(e.status().message()), HasSubstr(needle));
+  };
+  EngineOptions o;
+  o.device = "tpu";
+  expect_error(o, "unknown device 'tpu'");
+  o = FakeDeviceOptionsFor("none", 0);
+  o.copy_window = 0;
+  expect_error(o, "copy window 0");
+  o = FakeDeviceOptionsFor("none", 0);
+  o.fake_device.link_bytes_per_second = 0;
+  expect_error(o, "fake device: link 0 B/s");
+  o = FakeDeviceOptionsFor("none", 0);
+  o.cpu_fallback = true;
+  o.cpu_bytes_per_second = -1;
+  expect_error(o, "cpu fallback: -1 B/s");
 }
 
 TEST(Engine, BadPredictorOptionsAreClearErrors) {

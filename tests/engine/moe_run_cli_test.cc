@@ -42,9 +42,10 @@ class MoeRunTest : public ::testing::Test {
     fs::copy(kGolden + name, to, fs::copy_options::recursive);
     return to.string();
   }
-  void ExpectOneErrorLine(const CommandResult& r, const std::string& needle) {
+  void ExpectOneErrorLine(const CommandResult& r, const std::string& needle,
+                          const std::string& program = "moe-run") {
     EXPECT_EQ(r.exit_code, 2) << r.errors;
-    EXPECT_THAT(r.errors, HasSubstr("moe-run: error: "));
+    EXPECT_THAT(r.errors, HasSubstr(program + ": error: "));
     EXPECT_THAT(r.errors, HasSubstr(needle));
     EXPECT_EQ(std::count(r.errors.begin(), r.errors.end(), '\n'), 1) << r.errors;
   }
@@ -132,9 +133,32 @@ TEST_F(MoeRunTest, PromptFileRunsEachLineAsItsOwnRequest) {
   ExpectOneErrorLine(RunTool("moe-run --model " + kGolden + "mixtral-tiny-f32 --prompt-file " +
                              (dir_ / "missing.txt").string()),
                      "missing.txt");
+  const std::string blank = (dir_ / "blank.txt").string();
+  {
+    std::ofstream out(blank);
+    out << "\n   \n";
+  }
+  ExpectOneErrorLine(
+      RunTool("moe-run --model " + kGolden + "mixtral-tiny-f32 --prompt-file " + blank),
+      "no prompts");
   ExpectOneErrorLine(RunTool("moe-run --model " + kGolden + "mixtral-tiny-f32 --prompt hi " +
                              "--prompt-file " + prompts),
                      "exactly one of");
+}
+
+TEST_F(MoeRunTest, PrefetchBenchRunsAndRejectsBadFlags) {
+  const std::string tiny = kGolden + "mixtral-tiny-f32";
+  const CommandResult r = RunTool("moe-prefetch-bench --model " + tiny +
+                                  " --prompts 2 --tokens 3 --configs none:0,gate:1,none:0+cpu");
+  ASSERT_EQ(r.exit_code, 0) << r.errors;
+  EXPECT_THAT(r.output, HasSubstr("gate:1"));
+  EXPECT_THAT(r.output, HasSubstr("floor (whole run)"));
+  ExpectOneErrorLine(RunTool("moe-prefetch-bench --model " + tiny + " --configs gate:x"),
+                     "bad entry 'gate:x'", "moe-prefetch-bench");
+  ExpectOneErrorLine(RunTool("moe-prefetch-bench --model " + tiny + " --expert-budget 0"),
+                     "--expert-budget 0", "moe-prefetch-bench");
+  ExpectOneErrorLine(RunTool("moe-prefetch-bench --model " + tiny + " --configs oracle:1"),
+                     "oracle", "moe-prefetch-bench");
 }
 
 TEST_F(MoeRunTest, TokenIdsWorkWithoutATokenizerAndTextDoesNot) {

@@ -16,6 +16,7 @@
 #include "fmt/format.h"
 #include "predictor/routing_trace.h"
 #include "runtime/engine.h"
+#include "runtime/logging.h"
 #include "runtime/model.h"
 #include "runtime/status.h"
 #include "runtime/tokenizer.h"
@@ -127,6 +128,7 @@ int Main(int argc, char** argv) {
                   "0: measured at start-up)");
   return flags.Run(argc, argv, [&]() -> absl::Status {
     if (model_dir.empty()) return InvalidArgument("--model DIR is required");
+    SetLogLevel(LogLevel::kWarning);  // the table is the output; engine chatter is not
     if (tokens < 1) return InvalidArgument("--tokens {} must be >= 1", tokens);
     if (!(budget_percent > 0 && budget_percent <= 100)) {
       return InvalidArgument("--expert-budget {} must be in (0, 100]", budget_percent);
