@@ -17,7 +17,9 @@
 # With this workplace's device tool, one call does the GPU half:
 #   run(command="scripts/gpu_run.sh run", carry=[".gpu"])
 # Environment for `run`: MOE_GPU_SKIP_SANITIZER=1 skips compute-sanitizer, MOE_GPU_BENCH="..."
-# picks benchmark sections (default: all), MOE_GPU_QUICK=1 shortens the benchmarks.
+# picks moe-cuda-bench sections (default: all), MOE_GPU_BENCH_FLAGS adds flags to it,
+# MOE_GPU_QUICK=1 shortens it, MOE_GPU_HF=0 skips the Hugging Face baseline and
+# MOE_GPU_HF_FLAGS passes flags to it (scripts/bench/hf_offload_baseline.py --help).
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -100,9 +102,18 @@ run() {
   if [[ -x "$bin/moe-cuda-bench" ]]; then
     local quick=()
     [[ "${MOE_GPU_QUICK:-0}" == 1 ]] && quick=(--quick)
+    # shellcheck disable=SC2086
     "$bin/moe-cuda-bench" --sections "${MOE_GPU_BENCH:-all}" \
       --trace "$stage_dir/data/mixtral-trace" --results "$out/bench.md" "${quick[@]}" \
-      2>&1 | tee "$out/bench.log" || failed=1
+      ${MOE_GPU_BENCH_FLAGS:-} 2>&1 | tee "$out/bench.log" || failed=1
+  fi
+  # Baseline (c): Hugging Face transformers + accelerate offloading, same shapes, same routing.
+  if [[ "${MOE_GPU_HF:-1}" == 1 && -f "$stage_dir/hf_offload_baseline.py" ]]; then
+    # shellcheck disable=SC2086
+    PYTHONUNBUFFERED=1 python3 "$stage_dir/hf_offload_baseline.py" \
+      --force-routing "$stage_dir/data/mixtral-trace" ${MOE_GPU_HF_FLAGS:-} --json \
+      >"$out/hf_baseline.json" 2>"$out/hf_baseline.log" || { failed=1; tail -5 "$out/hf_baseline.log"; }
+    echo "hf baseline: $(cat "$out/hf_baseline.json")"
   fi
   echo "results in $out"
   return "$failed"
