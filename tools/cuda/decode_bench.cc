@@ -6,7 +6,9 @@
 #include <random>
 #include <thread>
 
+#include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cpu/float16.h"
+#include "kernels/cpu/thread_pool.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "runtime/logging.h"
 #include "tools/cuda/bench_util.h"
@@ -53,6 +55,11 @@ struct GpuModel {
   int32_t *ids = nullptr, *row_position = nullptr;
   int32_t* ids_host = nullptr;  // pinned, for the routing readback
   PinnedHostBuffer ids_host_buffer;
+  // The hybrid mode's host side: the normed hidden state read back with the routing, the CPU
+  // experts' outputs, their scratch and threads.
+  PinnedHostBuffer h_host, y_host;
+  std::vector<float> cpu_scratch;
+  std::unique_ptr<cpu::ThreadPool> pool;
   uint64_t scratch_bytes = 0;
 
   WeightView Norm(int32_t l) const {
@@ -113,23 +120,29 @@ absl::StatusOr<std::unique_ptr<GpuModel>> MakeGpuModel(CudaDevice& device,
   MOE_ASSIGN_OR_RETURN(m->ids_host_buffer, PinnedHostBuffer::Allocate(K * 4, "routing readback"));
   m->ids_host = reinterpret_cast<int32_t*>(m->ids_host_buffer.data());
   MOE_ASSIGN_OR_RETURN(m->blas, Blas::Create(device.compute_stream()));
+  MOE_ASSIGN_OR_RETURN(m->h_host, PinnedHostBuffer::Allocate(H * 4, "hidden readback"));
+  MOE_ASSIGN_OR_RETURN(m->y_host, PinnedHostBuffer::Allocate(K * H * 4, "CPU expert outputs"));
+  m->cpu_scratch.resize(2 * o.inter);
+  m->pool = std::make_unique<cpu::ThreadPool>(
+      static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
   return m;
 }
 
 absl::Status RunExpert(CudaDevice& device, GpuModel& m, const std::byte* slot, int32_t rank);
-absl::Status RouteLayer(CudaDevice& device, GpuModel& m, int32_t l);
+absl::Status RouteLayer(CudaDevice& device, GpuModel& m, int32_t l, bool read_hidden);
 
 // Runs each kernel once (cuBLAS picks and loads its kernels lazily; the first call of each shape
 // costs milliseconds that are not decode time). Restores the residual afterwards.
 absl::Status WarmUp(CudaDevice& device, GpuModel& m) {
   MOE_ASSIGN_OR_RETURN(DeviceBuffer slot, device.Allocate(m.expert_bytes, "warm-up expert"));
-  MOE_RETURN_IF_ERROR(RouteLayer(device, m, 0));
+  MOE_RETURN_IF_ERROR(RouteLayer(device, m, 0, true));
   for (int32_t k = 0; k < m.o.top_k; ++k) MOE_RETURN_IF_ERROR(RunExpert(device, m, slot.data(), k));
   return device.SynchronizeCompute();
 }
 
-// Norm, router, top-k and the routing readback of layer l (the host then knows the routing).
-absl::Status RouteLayer(CudaDevice& device, GpuModel& m, int32_t l) {
+// Norm, router, top-k and the routing readback of layer l (the host then knows the routing);
+// with `read_hidden` also the normed hidden state (the CPU experts' input).
+absl::Status RouteLayer(CudaDevice& device, GpuModel& m, int32_t l, bool read_hidden) {
   cudaStream_t s = device.compute_stream();
   MOE_RETURN_IF_ERROR(RmsNorm(m.x, 1, m.o.hidden, m.Norm(l), 1e-5f, m.h, s));
   MOE_RETURN_IF_ERROR(
@@ -137,7 +150,26 @@ absl::Status RouteLayer(CudaDevice& device, GpuModel& m, int32_t l) {
   MOE_RETURN_IF_ERROR(TopKSoftmax(m.logits, 1, m.o.experts, m.o.top_k, true, m.ids, m.w, s));
   MOE_RETURN_IF_ERROR(CudaStatus(
       cudaMemcpyAsync(m.ids_host, m.ids, m.o.top_k * 4, cudaMemcpyDeviceToHost, s), "readback"));
+  if (read_hidden) {
+    MOE_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(m.h_host.data(), m.h, m.o.hidden * 4,
+                                                   cudaMemcpyDeviceToHost, s),
+                                   "hidden readback"));
+  }
   return CudaStatus(cudaStreamSynchronize(s), "routing readback");
+}
+
+// Runs expert `key`'s FFN on the CPU from the host store into y_host row `rank`, then queues
+// that row's copy into y on the compute stream.
+absl::Status RunExpertOnCpu(CudaDevice& device, GpuModel& m, const std::byte* host_weights,
+                            int32_t rank) {
+  WeightView gate, up, down;
+  m.ExpertViews(host_weights, &gate, &up, &down);
+  float* out = reinterpret_cast<float*>(m.y_host.data()) + int64_t(rank) * m.o.hidden;
+  cpu::ExpertFfn(reinterpret_cast<const float*>(m.h_host.data()), 1, gate, up, down, out,
+                 m.cpu_scratch.data(), m.pool.get());
+  return CudaStatus(cudaMemcpyAsync(m.y + int64_t(rank) * m.o.hidden, out, m.o.hidden * 4,
+                                    cudaMemcpyHostToDevice, device.compute_stream()),
+                    "CPU expert output upload");
 }
 
 absl::Status RunExpert(CudaDevice& device, GpuModel& m, const std::byte* slot, int32_t rank) {
@@ -203,7 +235,7 @@ absl::StatusOr<DecodeModeResult> RunResident(CudaDevice& device, GpuModel& m,
   for (int64_t t = 0; t < o.tokens; ++t) {
     const auto start = Clock::now();
     for (int32_t l = 0; l < o.layers; ++l) {
-      MOE_RETURN_IF_ERROR(RouteLayer(device, m, l));
+      MOE_RETURN_IF_ERROR(RouteLayer(device, m, l, false));
       const auto experts = forced.Experts(t, l);
       for (int32_t k = 0; k < o.top_k; ++k) {
         const int64_t idx = int64_t(l % R) * o.experts + experts[k];
@@ -220,11 +252,27 @@ absl::StatusOr<DecodeModeResult> RunResident(CudaDevice& device, GpuModel& m,
   return r;
 }
 
+// Seconds of one expert FFN for one token on the CPU threads, from pinned host memory (median of
+// 5 after one warm-up): the CPU side of the hybrid mode's cost model.
+double MeasureCpuExpertSeconds(CudaDevice& device, GpuModel& m, const HostStore& store) {
+  std::vector<double> seconds;
+  for (int i = 0; i < 6; ++i) {
+    const auto start = Clock::now();
+    (void)RunExpertOnCpu(device, m, store.Source(ExpertKey(i)), 0);
+    if (i > 0) seconds.push_back(std::chrono::duration<double>(Clock::now() - start).count());
+  }
+  (void)device.SynchronizeCompute();
+  return Median(seconds);
+}
+
+// How one routed expert of a layer is served.
+enum class Serve : uint8_t { kResident, kCopy, kCpu };
+
 absl::StatusOr<DecodeModeResult> RunStreaming(CudaDevice& device, GpuModel& m,
                                               const RoutingTrace& forced, const HostStore& store,
                                               const std::string& mode, const std::string& policy) {
   const DecodeBenchOptions& o = m.o;
-  const bool overlap = mode == "overlap";
+  const bool serial = mode == "serial", hybrid = mode == "hybrid";
   CacheOptions co;
   co.space = ExpertSpace{o.layers, o.experts};
   co.expert_bytes = m.expert_bytes;
@@ -235,30 +283,52 @@ absl::StatusOr<DecodeModeResult> RunStreaming(CudaDevice& device, GpuModel& m,
   MOE_ASSIGN_OR_RETURN(DeviceBuffer slots,
                        device.Allocate(uint64_t(cache->capacity_total()) * m.expert_bytes,
                                        "expert slots"));
-  const double stall_before = device.counters().copy_stall_seconds;
   DecodeModeResult r;
   r.mode = mode;
   r.policy = policy;
+  if (hybrid) {
+    r.cpu_expert_seconds = MeasureCpuExpertSeconds(device, m, store);
+    r.link_expert_seconds = double(m.expert_bytes) / o.link_bytes_per_second;
+    MOE_LOG(kInfo, "hybrid cost model: one expert {:.2f} ms on the CPU, {:.2f} ms over the link",
+            r.cpu_expert_seconds * 1e3, r.link_expert_seconds * 1e3);
+  }
+  const double stall_before = device.counters().copy_stall_seconds;
   std::vector<double> per_token;
   std::vector<ExpertKey> keys(o.top_k);
   std::vector<CopyTicket> tickets(o.top_k);
-  std::vector<bool> loaded(o.top_k);
+  std::vector<Serve> serve(o.top_k);
   for (int64_t t = 0; t < o.tokens; ++t) {
     const auto start = Clock::now();
     for (int32_t l = 0; l < o.layers; ++l) {
-      MOE_RETURN_IF_ERROR(RouteLayer(device, m, l));
+      MOE_RETURN_IF_ERROR(RouteLayer(device, m, l, hybrid));
       const auto experts = forced.Experts(t, l);
+      // The cost model (hybrid): each missing expert goes to whichever of the link and the CPU
+      // finishes it first, given what this layer already gave each (both are idle when a layer
+      // starts: the previous layer's copies were waited for).
+      double link_busy = 0, cpu_busy = 0;
+      for (int32_t k = 0; k < o.top_k; ++k) {
+        keys[k] = co.space.Key(l, experts[k]);
+        serve[k] = cache->Contains(keys[k]) ? Serve::kResident : Serve::kCopy;
+        if (hybrid && serve[k] == Serve::kCopy) {
+          if (cpu_busy + r.cpu_expert_seconds < link_busy + r.link_expert_seconds) {
+            serve[k] = Serve::kCpu;
+            cpu_busy += r.cpu_expert_seconds;
+            ++r.cpu_experts;
+          } else {
+            link_busy += r.link_expert_seconds;
+          }
+        }
+      }
       // Resident members of the set first, then the missing ones (a load never evicts a member
-      // of the token's own set), exactly as the replay and the engine acquire.
-      for (int32_t k = 0; k < o.top_k; ++k) keys[k] = co.space.Key(l, experts[k]);
-      for (int pass = 0; pass < 2; ++pass) {
+      // of the token's own set), exactly as the replay and the engine acquire. Experts the CPU
+      // serves do not enter the cache.
+      for (Serve pass : {Serve::kResident, Serve::kCopy}) {
         for (int32_t k = 0; k < o.top_k; ++k) {
-          if (cache->Contains(keys[k]) != (pass == 0)) continue;
+          if (serve[k] != pass) continue;
           const ExpertCache::Access a = cache->Acquire(keys[k]);
           if (a.outcome == ExpertCache::Outcome::kNoRoom) {
             return Internal("no unpinned expert to evict at layer {}", l);
           }
-          loaded[k] = a.outcome == ExpertCache::Outcome::kLoaded;
         }
       }
       auto slot = [&](int32_t k) {
@@ -266,30 +336,39 @@ absl::StatusOr<DecodeModeResult> RunStreaming(CudaDevice& device, GpuModel& m,
       };
       // The compute stream is idle here (the routing readback synchronised it), so no slot
       // being overwritten is still read by an earlier layer.
-      if (overlap) {
+      if (serial) {
         for (int32_t k = 0; k < o.top_k; ++k) {
-          tickets[k] = loaded[k] ? device.CopyToDeviceAsync(slot(k), store.Source(keys[k]),
-                                                            m.expert_bytes)
-                                 : CopyTicket{};
-        }
-        for (int pass = 0; pass < 2; ++pass) {  // resident experts first, then arrivals
-          for (int32_t k = 0; k < o.top_k; ++k) {
-            if (loaded[k] != (pass == 1)) continue;
-            MOE_RETURN_IF_ERROR(device.ComputeWaitFor(tickets[k]));
-            MOE_RETURN_IF_ERROR(RunExpert(device, m, slot(k), k));
-          }
-        }
-      } else {
-        for (int32_t k = 0; k < o.top_k; ++k) {
-          if (loaded[k]) {
+          if (serve[k] == Serve::kCopy) {
             MOE_RETURN_IF_ERROR(device.WaitCopy(
                 device.CopyToDeviceAsync(slot(k), store.Source(keys[k]), m.expert_bytes)));
           }
           MOE_RETURN_IF_ERROR(RunExpert(device, m, slot(k), k));
         }
+      } else {
+        for (int32_t k = 0; k < o.top_k; ++k) {
+          tickets[k] = serve[k] == Serve::kCopy
+                           ? device.CopyToDeviceAsync(slot(k), store.Source(keys[k]),
+                                                      m.expert_bytes)
+                           : CopyTicket{};
+        }
+        for (Serve pass : {Serve::kResident, Serve::kCopy}) {  // resident first, then arrivals
+          for (int32_t k = 0; k < o.top_k; ++k) {
+            if (serve[k] != pass) continue;
+            MOE_RETURN_IF_ERROR(device.ComputeWaitFor(tickets[k]));
+            MOE_RETURN_IF_ERROR(RunExpert(device, m, slot(k), k));
+          }
+        }
+        // The CPU's experts run on this thread while the GPU copies and computes the others.
+        for (int32_t k = 0; k < o.top_k; ++k) {
+          if (serve[k] == Serve::kCpu) {
+            MOE_RETURN_IF_ERROR(RunExpertOnCpu(device, m, store.Source(keys[k]), k));
+          }
+        }
       }
       MOE_RETURN_IF_ERROR(CombineLayer(device, m));
-      for (int32_t k = 0; k < o.top_k; ++k) cache->Release(keys[k]);
+      for (int32_t k = 0; k < o.top_k; ++k) {
+        if (serve[k] != Serve::kCpu) cache->Release(keys[k]);
+      }
     }
     MOE_RETURN_IF_ERROR(device.SynchronizeCompute());
     per_token.push_back(std::chrono::duration<double>(Clock::now() - start).count());
@@ -377,14 +456,19 @@ absl::StatusOr<DecodeBenchResult> RunDecodeBench(CudaDevice& device, const Routi
     if (mode == "resident") {
       MOE_ASSIGN_OR_RETURN(DecodeModeResult r, RunResident(device, *model, forced));
       result.modes.push_back(r);
-    } else if (mode == "serial" || mode == "overlap") {
+    } else if (mode == "serial" || mode == "overlap" || mode == "hybrid") {
       MOE_ASSIGN_OR_RETURN(DecodeModeResult r,
                            RunStreaming(device, *model, forced, store, mode, policy));
-      MOE_ASSIGN_OR_RETURN(r.replay, Replay(forced, o, model->expert_bytes, policy));
+      // The replay has no CPU: the hybrid's cache sees only the experts it copies.
+      if (mode != "hybrid") {
+        MOE_ASSIGN_OR_RETURN(r.replay, Replay(forced, o, model->expert_bytes, policy));
+      }
       result.modes.push_back(r);
     } else {
-      return InvalidArgument("unknown decode mode '{}' (resident, serial, overlap[@policy])",
-                             spec);
+      return InvalidArgument(
+          "unknown decode mode '{}' (resident, serial, overlap, hybrid; the last three may add "
+          "@policy)",
+          spec);
     }
   }
   return result;

@@ -14,6 +14,11 @@
 //             compute): no overlap.
 //   overlap   all misses of a layer issued on the copy stream at once; resident experts compute
 //             first; each missing expert's GEMMs wait (on the GPU) for its own copy only.
+//   hybrid    overlap, plus a cost model measured at start (one expert's FFN on the CPU threads
+//             from pinned host memory vs one expert over the measured link): each missing expert
+//             goes to whichever of the link and the CPU would finish it first; the CPU computes
+//             from the host store (the normed hidden state is read back with the routing) and
+//             uploads the 16 KB result; experts it serves do not enter the cache.
 // The expert cache is the project's ExpertCache (budget, scope, policy), so `moe-replay` on the
 // same tokens gives the same hits; the benchmark replays them to print Belady's loads and the
 // floor max(compute, Belady loads x expert bytes / link bandwidth).
@@ -44,6 +49,7 @@ struct DecodeBenchOptions {
   uint64_t host_bytes = 64'000'000'000;    // pinned host memory for the expert store at most
   int64_t tokens = 64;                     // decode steps timed (trace tokens 0 .. tokens-1)
   std::string policy = "lru";
+  double link_bytes_per_second = 25e9;  // the hybrid's cost model (moe-cuda-bench: measured)
   CacheScope scope = CacheScope::kGlobal;
   // "resident", "serial" or "overlap", each optionally "@policy" (default: `policy`).
   std::vector<std::string> modes = {"resident", "serial", "overlap"};
@@ -59,6 +65,10 @@ struct DecodeModeResult {
   CacheStats replay;             // moe-replay's stats for the same tokens and cache options
   double copy_stall_seconds = 0; // host blocked in WaitCopy (serial)
   int32_t resident_layers = 0;   // "resident": R
+  // hybrid: the cost model's inputs and how many routed experts the CPU computed.
+  double cpu_expert_seconds = 0;
+  double link_expert_seconds = 0;
+  uint64_t cpu_experts = 0;
 };
 
 struct DecodeBenchResult {

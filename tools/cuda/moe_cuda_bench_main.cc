@@ -8,6 +8,7 @@
 #include <fstream>
 #include <iostream>
 #include <sstream>
+#include <thread>
 
 #include "fmt/format.h"
 #include "predictor/trace_io.h"
@@ -84,6 +85,7 @@ absl::Status Run(const Flags& f) {
   if (Wants(f, "decode")) {
     if (f.trace.empty()) return InvalidArgument("the decode section needs --trace (a routing trace)");
     MOE_ASSIGN_OR_RETURN(const RoutingTrace trace, ReadTrace(f.trace));
+    d.link_bytes_per_second = link.pinned_gbps * 1e9;
     MOE_ASSIGN_OR_RETURN(const DecodeBenchResult r, RunDecodeBench(*device, trace, d));
     const double floor_link =
         double(r.replay_belady.loads()) * r.expert_bytes / (link.pinned_gbps * 1e9);
@@ -116,7 +118,7 @@ absl::Status Run(const Flags& f) {
           cached ? m.policy : "-", m.tokens_per_second, m.median_token_seconds * 1e3,
           cached ? fmt::format("{:.4f}", m.cache.hit_rate()) : "-",
           cached ? fmt::format("{}", m.cache.loads()) : "-",
-          cached ? fmt::format("{}", m.replay.loads()) : "-",
+          cached && m.mode != "hybrid" ? fmt::format("{}", m.replay.loads()) : "-",
           serial > 0 ? fmt::format("{:.2f}x", serial / m.seconds) : "-", m.seconds / floor_s);
     }
     head << fmt::format(
@@ -129,12 +131,22 @@ absl::Status Run(const Flags& f) {
         "the live loads when the benchmark's cache behaves as the replay's).\n\n",
         compute, floor_link, link.pinned_gbps);
     for (const DecodeModeResult& m : r.modes) {
-      if (m.mode != "resident" && (m.cache.hits != m.replay.hits ||
+      if (m.mode != "resident" && m.mode != "hybrid" && (m.cache.hits != m.replay.hits ||
                                    m.cache.loads() != m.replay.loads())) {
         head << fmt::format("WARNING: mode {}@{}: live cache stats differ from the replay ({} "
                             "hits vs {})\n\n",
                             m.mode, m.policy, m.cache.hits, m.replay.hits);
       }
+    }
+    for (const DecodeModeResult& m : r.modes) {
+      if (m.mode != "hybrid") continue;
+      head << fmt::format(
+          "hybrid@{}: cost model measured at start: one expert {:.2f} ms on {} CPU threads "
+          "(from pinned host memory) vs {:.2f} ms over the link; the CPU computed {} of {} "
+          "routed experts ({} missed).\n\n",
+          m.policy, m.cpu_expert_seconds * 1e3, std::thread::hardware_concurrency(),
+          m.link_expert_seconds * 1e3, m.cpu_experts, uint64_t(d.tokens) * d.layers * d.top_k,
+          m.cpu_experts + m.cache.misses);
     }
     if (compute > 0) {
       for (const DecodeModeResult& m : r.modes) {
@@ -173,7 +185,7 @@ int main(int argc, char** argv) {
   flags.AddString("results", &f.results, "also write the markdown table to this file");
   flags.AddString("policy", &f.policy, "expert cache eviction policy");
   flags.AddString("scope", &f.scope, "expert cache scope: global or layer");
-  flags.AddString("modes", &f.modes, "decode modes: resident, serial, overlap; serial and overlap may name a policy: overlap@lfu");
+  flags.AddString("modes", &f.modes, "decode modes: resident, serial, overlap, hybrid (overlap + CPU experts); all but resident may name a policy: overlap@lfu");
   flags.AddInt("layers", &f.layers, "MoE layers (Mixtral-8x7B: 32)");
   flags.AddInt("tokens", &f.tokens, "decode tokens timed");
   flags.AddBytes("budget", &f.budget, "expert cache budget on the GPU");
