@@ -9,6 +9,7 @@
 #include "fmt/format.h"
 #include "predictor/combined_predictor.h"
 #include "predictor/frequency_predictor.h"
+#include "predictor/learned_predictor.h"
 #include "predictor/recency_predictor.h"
 #include "predictor/transition_predictor.h"
 #include "runtime/safetensors.h"
@@ -19,8 +20,8 @@ namespace {
 
 constexpr std::string_view kFileFormat = "moe-predictor";
 
-constexpr std::array<std::string_view, 5> kNames = {"none", "frequency", "transition", "recency",
-                                                    "combined"};
+constexpr std::array<std::string_view, 6> kNames = {"none",    "frequency", "transition",
+                                                    "recency", "combined",  "learned"};
 
 // Predicts nothing: every probability is zero, so no prefetch is ever issued.
 class NonePredictor final : public Predictor {
@@ -123,6 +124,7 @@ absl::StatusOr<std::unique_ptr<Predictor>> MakePredictor(std::string_view name,
   if (name == "frequency") return std::make_unique<FrequencyPredictor>(options);
   if (name == "transition") return std::make_unique<TransitionPredictor>(options);
   if (name == "recency") return std::make_unique<RecencyPredictor>(options);
+  if (name == "learned") return std::make_unique<LearnedPredictor>(options);
   return std::make_unique<CombinedPredictor>(options);
 }
 

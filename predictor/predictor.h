@@ -23,6 +23,8 @@
 //                 layer frequency
 //   "recency"     experts this sequence used at the target layer on its latest tokens
 //   "combined"    a weighted mixture of the three above; weights fit in Learn()
+//   "learned"     a small network over the token's early residual stream predicting every later
+//                 layer's experts (needs hidden states: the live engine; weights from Load)
 // The classes live in predictor/<name>_predictor.h for callers that need their extra knobs.
 //
 // Performance: Observe and Predict run once per token-layer in replay and in the engine; they do

@@ -102,7 +102,7 @@ std::string TempPath(const std::string& name) {
 // ---- names, options, TopExperts ----------------------------------------------------------------
 
 TEST(PredictorFactoryTest, MakesEveryNamedPredictor) {
-  ASSERT_EQ(PredictorNames().size(), 5u);
+  ASSERT_EQ(PredictorNames().size(), 6u);
   for (std::string_view name : PredictorNames()) {
     std::unique_ptr<Predictor> predictor = Make(name, Options(4, 8, 2));
     ASSERT_NE(predictor, nullptr);
