@@ -66,6 +66,21 @@ MixtureWeights BestWeights(const FitSamples& samples, int32_t budget, MixtureWei
   return best;
 }
 
+// Fits `calibration` to the mixture `w` of the samples' parts against their truth.
+void FitCalibration(const FitSamples& samples, const MixtureWeights& w, Calibration& calibration) {
+  const int32_t e = samples.num_experts;
+  std::vector<float> scores(samples.truth.size());
+  for (int64_t n = 0; n < samples.size(); ++n) {
+    const float* part = samples.parts.data() + n * 3 * e;
+    for (int32_t j = 0; j < e; ++j) {
+      scores[n * e + j] = std::clamp(
+          w.transition * part[j] + w.frequency * part[e + j] + w.recency * part[2 * e + j], 0.0f,
+          1.0f);
+    }
+  }
+  if (!scores.empty()) calibration.Fit(scores, samples.truth);
+}
+
 absl::Status CheckWeights(const MixtureWeights& w, std::string_view which) {
   for (float v : {w.transition, w.frequency, w.recency}) {
     if (!(v >= 0.0f) || !std::isfinite(v)) {
@@ -136,7 +151,8 @@ void CombinedPredictor::Predict(int64_t seq, int32_t target_layer, std::span<flo
   add(transition_, w.transition);
   add(frequency_, w.frequency);
   add(recency_, w.recency);
-  for (float& p : probs) p = std::clamp(p, 0.0f, 1.0f);
+  const Calibration& calibration = &w == &ahead_ ? ahead_calibration_ : next_token_calibration_;
+  for (float& p : probs) p = calibration.Apply(std::clamp(p, 0.0f, 1.0f));
 }
 
 void CombinedPredictor::FitWeights(const RoutingTrace& trace, std::span<const int64_t> sequences) {
@@ -184,6 +200,8 @@ void CombinedPredictor::FitWeights(const RoutingTrace& trace, std::span<const in
   const int32_t budget = std::min(2 * options_.top_k, e);
   ahead_ = BestWeights(ahead, budget, ahead_);
   next_token_ = BestWeights(next, budget, next_token_);
+  FitCalibration(ahead, ahead_, ahead_calibration_);
+  FitCalibration(next, next_token_, next_token_calibration_);
 }
 
 absl::Status CombinedPredictor::Learn(const RoutingTrace& trace) {
@@ -222,6 +240,14 @@ absl::Status CombinedPredictor::Save(const std::string& path) const {
   MOE_RETURN_IF_ERROR(AddF32Tensor(writer, "weights", {2, 3}, weights));
   const float prior_weight[] = {static_cast<float>(prior_weight_)};
   MOE_RETURN_IF_ERROR(AddF32Tensor(writer, "prior_weight", {1}, prior_weight));
+  constexpr int K = Calibration::kBins;
+  std::vector<float> knots(4 * K, -1.0f);  // [set][score | value][knot]
+  for (int set = 0; set < 2; ++set) {
+    const Calibration& c = set == 0 ? ahead_calibration_ : next_token_calibration_;
+    std::copy(c.knot_scores().begin(), c.knot_scores().end(), knots.begin() + (2 * set) * K);
+    std::copy(c.knot_values().begin(), c.knot_values().end(), knots.begin() + (2 * set + 1) * K);
+  }
+  MOE_RETURN_IF_ERROR(AddF32Tensor(writer, "calibration", {2, 2, K}, knots));
   return writer.Write(path);
 }
 
@@ -242,8 +268,24 @@ absl::Status CombinedPredictor::Load(const std::string& path) {
   if (!(prior_weight > 0.0f) || !std::isfinite(prior_weight)) {
     return InvalidArgument("{}: prior_weight is {}, expected > 0", path, prior_weight);
   }
+  Calibration calibration[2];
+  if (file->Find("calibration") != nullptr) {  // absent in files from before calibration
+    constexpr int K = Calibration::kBins;
+    std::vector<float> knots(4 * K);
+    const int64_t shape[] = {2, 2, K};
+    MOE_RETURN_IF_ERROR(ReadF32Tensor(*file, "calibration", shape, knots));
+    for (int set = 0; set < 2; ++set) {
+      const float* scores = knots.data() + (2 * set) * K;
+      const float* values = knots.data() + (2 * set + 1) * K;
+      const auto used = static_cast<size_t>(
+          std::find_if(scores, scores + K, [](float v) { return v < 0.0f; }) - scores);
+      MOE_RETURN_IF_ERROR_CTX(calibration[set].SetKnots({scores, used}, {values, used}), path);
+    }
+  }
   MOE_RETURN_IF_ERROR(transition_.ReadTensors(*file));
   MOE_RETURN_IF_ERROR(SetWeights(ahead, next_token));
+  ahead_calibration_ = calibration[0];
+  next_token_calibration_ = calibration[1];
   prior_weight_ = prior_weight;
   frequency_.SetPrior(transition_.layer_frequency(), prior_weight_);
   return absl::OkStatus();

@@ -1,6 +1,7 @@
 #include "predictor/predictor_eval.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "runtime/status.h"
 
@@ -54,6 +55,15 @@ absl::StatusOr<std::vector<DistanceScore>> EvaluatePredictor(Predictor& predicto
   std::vector<float> probs(num_experts);
   std::vector<int32_t> order(num_experts);
   std::vector<uint8_t> chosen(num_experts, 0);
+  // Calibration sums per distance: squared error, and per bin the count, sum of p and of y.
+  constexpr int kBins = 10;
+  struct Calibration {
+    double squared_error = 0;
+    int64_t count[kBins] = {};
+    double sum_p[kBins] = {};
+    double sum_y[kBins] = {};
+  };
+  std::vector<Calibration> calibration(max_distance + 1);
 
   for (size_t s = 0; s < trace.sequences.size(); ++s) {
     const TraceSequence& seq = trace.sequences[s];
@@ -65,11 +75,21 @@ absl::StatusOr<std::vector<DistanceScore>> EvaluatePredictor(Predictor& predicto
         for (int32_t d = 1; d <= max_distance && l + d < num_layers; ++d) {
           const int32_t target = l + d;
           predictor.Predict(id, target, probs);
+          SanitizeProbabilities(probs);
           const int32_t count = TopExpertIds(probs, options.budget, order);
           const std::span<const uint16_t> truth = trace.Experts(t, target);
           for (uint16_t e : truth) chosen[e] = 1;
           int32_t hit = 0;
           for (int32_t i = 0; i < count; ++i) hit += chosen[order[i]];
+          Calibration& c = calibration[d];
+          for (int32_t e = 0; e < num_experts; ++e) {
+            const double p = probs[e], y = chosen[e];
+            c.squared_error += (p - y) * (p - y);
+            const int bin = std::min(kBins - 1, static_cast<int>(p * kBins));
+            ++c.count[bin];
+            c.sum_p[bin] += p;
+            c.sum_y[bin] += y;
+          }
           for (uint16_t e : truth) chosen[e] = 0;
           hits[d] += hit;
           ++samples[d];
@@ -89,6 +109,12 @@ absl::StatusOr<std::vector<DistanceScore>> EvaluatePredictor(Predictor& predicto
     if (samples[d] > 0) {
       score.recall = hits[d] / (static_cast<double>(samples[d]) * top_k);
       score.precision = hits[d] / (static_cast<double>(samples[d]) * options.budget);
+      const Calibration& c = calibration[d];
+      const double n = static_cast<double>(samples[d]) * num_experts;
+      score.brier = c.squared_error / n;
+      for (int b = 0; b < kBins; ++b) {
+        if (c.count[b] > 0) score.ece += std::abs(c.sum_p[b] - c.sum_y[b]) / n;
+      }
     }
     score.recall_per_layer.assign(num_layers, 0.0);
     for (int32_t l = 0; l < num_layers; ++l) {

@@ -7,6 +7,12 @@
 // averaged over all (token, l) pairs; also reported per target layer. Ties in the predictor's
 // probabilities are broken by lower expert id (TopExperts).
 //
+// Calibration, over every (token, l, expert e of layer l + d) with the prediction p_e sanitized
+// (SanitizeProbabilities) and y_e = 1 when the token chose e: the Brier score mean((p_e - y_e)^2)
+// and the expected calibration error over 10 equal-width bins of p,
+// ECE = sum_b (n_b / N) |mean p in b - mean y in b|. A predictor whose p are the true
+// probabilities scores ECE ~ 0; ranking-only scores (the gate) need not.
+//
 // Sequence i of the trace is driven as seq id i, bracketed by BeginSequence / EndSequence; the
 // predictor's global state (e.g. "frequency" counts) carries over from one sequence to the next,
 // as in a live run.
@@ -31,6 +37,8 @@ struct DistanceScore {
   double recall = 0.0;
   double precision = 0.0;
   int64_t samples = 0;                   // (token, layer) pairs
+  double brier = 0.0;                    // mean squared error of the probabilities
+  double ece = 0.0;                      // expected calibration error (10 bins)
   std::vector<double> recall_per_layer;  // indexed by target layer; 0 where no samples
 };
 

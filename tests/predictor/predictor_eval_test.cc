@@ -89,6 +89,20 @@ TEST(PredictorEvalTest, RecallAndPrecisionOnHandCheckedCase) {
   EXPECT_EQ(predictor.log(), expected);
 }
 
+TEST(PredictorEvalTest, BrierScoreAndCalibrationErrorOnHandCheckedCase) {
+  // p = (0.9, 0.8, 0.1, 0) against the layer-1 truths 0, 2, 1 (12 (token, expert) pairs).
+  FixedPredictor predictor(TinyOptions(), {0.9f, 0.8f, 0.1f, 0.0f});
+  PredictorEvalOptions options;
+  options.budget = 2;
+  absl::StatusOr<std::vector<DistanceScore>> scores =
+      EvaluatePredictor(predictor, TinyTrace(), options);
+  ASSERT_TRUE(scores.ok()) << scores.status();
+  // Squared errors per token: 0.66, 2.26, 0.86.
+  EXPECT_NEAR((*scores)[0].brier, 3.78 / 12, 1e-6);
+  // Bins: p 0.9 (3 pairs, 1 chosen) |2.7 - 1|, p 0.8 |2.4 - 1|, p 0.1 |0.3 - 1|, p 0 |0 - 0|.
+  EXPECT_NEAR((*scores)[0].ece, (1.7 + 1.4 + 0.7) / 12, 1e-6);
+}
+
 TEST(PredictorEvalTest, BudgetOfAllExpertsHasFullRecall) {
   FixedPredictor predictor(TinyOptions(), {0.0f, 0.0f, 0.0f, 0.0f});
   PredictorEvalOptions options;

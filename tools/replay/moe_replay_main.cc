@@ -383,6 +383,8 @@ absl::Status RunEvalPredictor(const CliOptions& cli, const Inputs& in) {
                                 {"recall", s.recall},
                                 {"precision", s.precision},
                                 {"samples", s.samples},
+                                {"brier", s.brier},
+                                {"ece", s.ece},
                                 {"recall_per_layer", s.recall_per_layer}});
     }
     std::cout << j.dump(2) << "\n";
@@ -390,11 +392,11 @@ absl::Status RunEvalPredictor(const CliOptions& cli, const Inputs& in) {
   }
   std::cout << fmt::format("predictor {} at budget {} on {} held-out sequences ({} for learning)\n",
                            predictor->name(), eo.budget, in.replay.size(), in.train.size());
-  std::cout << fmt::format("{:>9} {:>8} {:>10} {:>10}\n", "distance", "recall", "precision",
-                           "samples");
+  std::cout << fmt::format("{:>9} {:>8} {:>10} {:>8} {:>8} {:>10}\n", "distance", "recall",
+                           "precision", "brier", "ece", "samples");
   for (const DistanceScore& s : scores) {
-    std::cout << fmt::format("{:>9} {:>8.4f} {:>10.4f} {:>10}\n", s.distance, s.recall, s.precision,
-                             s.samples);
+    std::cout << fmt::format("{:>9} {:>8.4f} {:>10.4f} {:>8.4f} {:>8.4f} {:>10}\n", s.distance,
+                             s.recall, s.precision, s.brier, s.ece, s.samples);
   }
   return absl::OkStatus();
 }
