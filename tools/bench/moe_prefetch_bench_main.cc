@@ -89,6 +89,7 @@ absl::StatusOr<RunResult> Run(std::shared_ptr<const Model> model, EngineOptions 
 }
 
 int Main(int argc, char** argv) {
+  std::string learned_file;  // for "learned" configs; default: the model's own
   std::string model_dir, prompt_file, configs_text = "none:0,gate:1,gate:2,frequency:1",
                                       policy = "lru", scope = "global";
   int64_t tokens = 32, prompts_count = 32, prompt_len = 32, window = 2, max_unconfirmed = 0,
@@ -100,6 +101,8 @@ int Main(int argc, char** argv) {
                 "max(compute, Belady) floor, on the fake device (modelled link and compute).\n"
                 "  moe-prefetch-bench --model DIR [--prompt-file F] [--configs none:0,gate:1]");
   flags.AddString("model", &model_dir, "checkpoint directory");
+  flags.AddString("learned-file", &learned_file,
+                  "weights of the 'learned' predictor (default: MODEL/learned_predictor.safetensors)");
   flags.AddString("prompt-file", &prompt_file,
                   "prompts, one per line (default: synthetic token ids)");
   flags.AddInt("prompts", &prompts_count, "requests to run at most");
@@ -198,6 +201,10 @@ int Main(int argc, char** argv) {
       EngineOptions options = base;
       options.predictor = configs[i].predictor;
       options.prefetch.depth = configs[i].depth;
+      if (options.predictor == "learned") {
+        options.predictor_file =
+            learned_file.empty() ? model_dir + "/learned_predictor.safetensors" : learned_file;
+      }
       options.cpu_fallback = configs[i].cpu_fallback;
       if (!configs[i].policy.empty()) options.policy = configs[i].policy;
       MOE_ASSIGN_OR_RETURN(RunResult r, Run(model, options, prompts, tokens));
