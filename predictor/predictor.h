@@ -90,6 +90,9 @@ class Predictor {
   // Replay has no hidden states and never calls it.
   virtual bool uses_hidden_states() const { return false; }
   virtual void ObserveHidden(int64_t seq, int32_t layer, std::span<const float> hidden) {}
+  // For predictors that read hidden states: the hidden size they were built or trained for
+  // (the engine refuses a model of another size); 0 when any size works.
+  virtual int64_t hidden_size() const { return 0; }
 
   // Learns tables (or fits weights) from a trace whose shape matches the options; the default
   // does nothing. InvalidArgument on a shape mismatch, naming both shapes.

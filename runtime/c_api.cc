@@ -234,9 +234,10 @@ moe_status moe_context_create(moe_model* model, const moe_context_params* params
                 "moe_context_default_params())",
                 p.struct_size, sizeof(moe_context_params));
   const std::string device = p.device == nullptr ? "cpu" : p.device;
-  MOE_C_REQUIRE(device == "cpu" || device == "auto",
-                "moe_context_create: unknown device '{}' (this build has: cpu, auto)", device);
+  MOE_C_REQUIRE(device == "cpu" || device == "cuda" || device == "auto",
+                "moe_context_create: unknown device '{}' (devices: cpu, cuda, auto)", device);
   moe::EngineOptions options;
+  options.device = device;
   const moe::ModelWeights& w = model->model->weights;
   const moe::ModelConfig& c = model->model->config;
   if (p.expert_budget_bytes > 0) {

@@ -139,6 +139,10 @@ absl::Status Device::WaitCopy(CopyTicket ticket) {
   return FinishCopy(ticket);
 }
 
+absl::Status Device::ComputeWaitFor(CopyTicket ticket) { return WaitCopy(ticket); }
+
+absl::Status Device::CopyWaitForCompute() { return absl::OkStatus(); }
+
 void Device::ChargeCompute(double /*seconds*/) {}
 
 double Device::Now() const {

@@ -6,8 +6,8 @@
 // Its copies are synchronous: CopyToDeviceAsync has finished the copy when it returns.
 // FakeDevice (runtime/fake_device.h): CPU memory with a virtual clock and a modelled copy link,
 // plus fault injection, for deterministic tests of overlap, stalls and errors.
-// The CUDA device (a later backend) implements the same interface with cudaMalloc'd memory,
-// pinned host memory and a copy stream.
+// CudaDevice (runtime/cuda/cuda_device.h) implements the same interface with cudaMalloc'd
+// memory, pinned host memory, a copy stream and a compute stream (queues_compute()).
 //
 // Allocations are 64-byte aligned. A DeviceBuffer frees its bytes when destroyed; it must not
 // outlive its Device.
@@ -121,6 +121,21 @@ class Device {
   // copy (its number, bytes and destination offset where known) when it failed. Never hangs.
   // Waiting again for the same ticket returns the same status at no cost. OK for id 0.
   absl::Status WaitCopy(CopyTicket ticket);
+
+  // Compute that runs on a queue of its own (the CUDA device: kernels enqueued on a stream)
+  // waits for copies on the device instead of blocking the host. queues_compute() says which
+  // kind this device is; the defaults describe a device whose compute runs on the calling thread
+  // (the CPU and fake devices), where the two hooks below are WaitCopy and a no-op.
+  virtual bool queues_compute() const { return false; }
+  // Makes compute enqueued from now on wait until the copy completed. Default: WaitCopy (the
+  // host blocks and gets the copy's status). A device with a compute queue (CUDA) enqueues the
+  // wait and returns at once: OK, or the copy's error when it is already known to have failed
+  // (a failure that surfaces later is reported by the next synchronising call).
+  virtual absl::Status ComputeWaitFor(CopyTicket ticket);
+  // Makes copies issued from now on wait until the compute enqueued so far ran: before a copy
+  // overwrites memory (an expert slot) that queued kernels may still read. Default: nothing to
+  // do (compute ran when its call returned).
+  virtual absl::Status CopyWaitForCompute();
 
   // Tells the device that compute took `seconds` (>= 0) of device time. Real devices measure
   // their kernels themselves and ignore this (the default); the fake device advances Now().

@@ -11,8 +11,15 @@
 #include "predictor/gate_predictor.h"
 #include "predictor/tracer.h"
 #include "runtime/expert_transfers.h"
+#include "runtime/forward_ops.h"
 #include "runtime/logging.h"
 #include "runtime/status.h"
+
+#if MOE_CUDA_ENABLED
+#include "runtime/cuda/cuda_device.h"
+#include "runtime/cuda/cuda_devices.h"
+#include "runtime/cuda/cuda_forward_ops.h"
+#endif
 
 namespace moe {
 namespace {
@@ -75,12 +82,28 @@ CpuExpertRates MeasureCpuExpertRates(const FfnWeights& w, cpu::ThreadPool* pool)
   return rates;
 }
 
+// options.device with "auto" resolved: cuda where this build has CUDA and a GPU is visible.
+absl::StatusOr<std::string> ResolveDevice(const std::string& name) {
+  if (name == "cpu" || name == "cuda" || name == "fake") return name;
+  if (name == "auto") {
+#if MOE_CUDA_ENABLED
+    const auto gpus = cuda::ListCudaDevices();
+    if (gpus.ok() && !gpus->empty()) return std::string("cuda");
+#endif
+    return std::string("cpu");
+  }
+  return InvalidArgument("unknown device '{}' (engine devices: cpu, cuda, auto, fake)", name);
+}
+
 }  // namespace
 
 struct Engine::Impl {
   const Model* model = nullptr;
   const ModelConfig* cfg = nullptr;
   std::unique_ptr<Device> device;
+  // CUDA: the pinned expert bytes of the mapped checkpoint (unpinned after the buffers are freed,
+  // before the device goes). Type-erased so this struct needs no CUDA types.
+  std::shared_ptr<void> host_pins;
   std::unique_ptr<cpu::ThreadPool> pool;
   ModelWeights dev;  // non-expert views point into `weights`; expert views stay on the host
   DeviceBuffer weights;
@@ -106,6 +129,7 @@ struct Engine::Impl {
   // The residual stream each token left the previous MoE layer with (hidden-state predictors
   // only): x itself is overwritten by the next layer's attention.
   float* layer_out;
+  std::vector<float> layer_out_host;  // layer_out when activations are not host memory
   int32_t* ids;
   DeviceBuffer kv;  // [sequence][layer][k|v][max_context][kv_dim]
   std::vector<int64_t> seq_len;
@@ -135,6 +159,12 @@ struct Engine::Impl {
   std::vector<Phase> step_phases;
   std::vector<int32_t> token_ids;  // of the step's tokens
   std::vector<int64_t> positions;
+  HostRouting route;  // the current MoE layer's routing, on the host
+
+  // The math of the forward on this device (declared last: destroyed first, while the device and
+  // the buffers it works on still exist), and the device memory it needs beyond the activations.
+  DeviceBuffer workspace;
+  std::unique_ptr<ForwardOps> ops;
 
   float* KvAt(int32_t seq, int64_t layer, int which, int64_t max_context) {
     const int64_t per_layer = 2 * max_context * kv_dim;
@@ -154,9 +184,9 @@ struct Engine::Impl {
   // when it says yes.
   bool PreferCpu(ExpertKey key, int32_t tokens);
   // The expert's rows through its FFN (weights in its slot, or in host memory on the CPU).
-  void RunExpert(const AcquiredExpert& a, bool on_cpu);
+  absl::Status RunExpert(const AcquiredExpert& a, bool on_cpu);
   // Observes each token's routing (and hidden state) and queues the predicted prefetches.
-  void PlanPrefetches(int32_t layer, int64_t n, PhaseStats& phase);
+  absl::Status PlanPrefetches(int32_t layer, int64_t n, PhaseStats& phase);
 };
 
 absl::Status Engine::Impl::CreatePredictor(const EngineOptions& options, const ExpertSpace& space) {
@@ -183,9 +213,22 @@ absl::Status Engine::Impl::CreatePredictor(const EngineOptions& options, const E
     }
     predictor = *std::move(made);
   }
+  if (options.predictor == "learned" && options.predictor_file.empty()) {
+    return InvalidArgument(
+        "predictor \"learned\" needs its weights: a predictor file (e.g. "
+        "models/pydoc-moe/learned_predictor.safetensors, made by "
+        "scripts/train/train_learned_predictor.py)");
+  }
   if (!options.predictor_file.empty()) {
     MOE_RETURN_IF_ERROR_CTX(predictor->Load(options.predictor_file),
                             "predictor file " + options.predictor_file);
+  }
+  if (predictor->uses_hidden_states() && predictor->hidden_size() != 0 &&
+      predictor->hidden_size() != cfg->hidden_size) {
+    return InvalidArgument("predictor \"{}\"{} reads hidden states of {} values; the model's are {}",
+                           options.predictor,
+                           options.predictor_file.empty() ? "" : " from " + options.predictor_file,
+                           predictor->hidden_size(), cfg->hidden_size);
   }
   const int32_t L = space.num_layers;
   stats.recall.budget = options.prefetch.budget > 0 ? options.prefetch.budget : po.top_k;
@@ -267,7 +310,11 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Mod
   m.dev = model->weights;
   const std::vector<WeightView*> views = NonExpertViews(m.dev, cfg.tie_word_embeddings);
   // The CPU device reads the mapped checkpoint in place: one copy of the weights in host memory.
-  if (options.device == "fake") {
+  MOE_ASSIGN_OR_RETURN(const std::string device_name, ResolveDevice(options.device));
+#if MOE_CUDA_ENABLED
+  cuda::CudaDevice* cuda_device = nullptr;
+#endif
+  if (device_name == "fake") {
     if (!(options.fake_device.link_bytes_per_second > 0) ||
         !(options.fake_compute_bytes_per_second > 0)) {
       return InvalidArgument("fake device: link {} B/s and compute {} B/s must be > 0",
@@ -287,10 +334,23 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Mod
           options.fake_device.link_latency_seconds +
           double(model->weights.expert_bytes) / options.fake_device.link_bytes_per_second;
     }
-  } else if (options.device == "cpu") {
+  } else if (device_name == "cpu") {
     m.device = MakeCpuDevice(0);
-  } else {
-    return InvalidArgument("unknown device '{}' (engine devices: cpu, fake)", options.device);
+  } else {  // cuda
+#if MOE_CUDA_ENABLED
+    if (options.cpu_fallback) {
+      return InvalidArgument("cpu_fallback is not supported on the cuda device yet");
+    }
+    MOE_RETURN_IF_ERROR(cuda::CudaForwardOps::CheckSupported(cfg, model->weights));
+    auto created = cuda::CudaDevice::Create(cuda::CudaDeviceOptions{});
+    if (!created.ok()) return Annotate(created.status(), "device 'cuda'");
+    cuda_device = created->get();
+    m.device = *std::move(created);
+#else
+    return FailedPrecondition(
+        "device 'cuda': this build has no CUDA support (build where nvcc exists, with "
+        "-DMOE_WITH_CUDA=ON or AUTO)");
+#endif
   }
   if (options.max_unconfirmed_prefetches < 0 ||
       (options.prefetch_bytes_per_step > 0 &&
@@ -355,12 +415,44 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Mod
   const uint64_t kv_bytes = static_cast<uint64_t>(options.max_sequences) * cfg.num_layers * 2 *
                             max_context * m.kv_dim * sizeof(float);
 
+  // Device memory the ops need beyond the activations (the CUDA ops' workspace; 0 elsewhere).
+  uint64_t workspace_bytes = 0;
+#if MOE_CUDA_ENABLED
+  if (cuda_device != nullptr) {
+    workspace_bytes = cuda::CudaForwardOps::WorkspaceBytes(cfg, model->weights, T);
+  }
+#endif
+
   // The device holds exactly these; a larger peak would be an allocation error, not a surprise.
-  m.device->SetCapacity(weight_bytes + arena_bytes + activation_bytes + kv_bytes);
+  m.device->SetCapacity(weight_bytes + arena_bytes + activation_bytes + kv_bytes + workspace_bytes);
   MOE_ASSIGN_OR_RETURN(m.weights, m.device->Allocate(weight_bytes, "non-expert weights"));
   MOE_ASSIGN_OR_RETURN(m.slots, m.device->Allocate(arena_bytes, "expert slots"));
   MOE_ASSIGN_OR_RETURN(m.activations, m.device->Allocate(activation_bytes, "activations"));
   MOE_ASSIGN_OR_RETURN(m.kv, m.device->Allocate(kv_bytes, "kv cache"));
+  if (workspace_bytes > 0) {
+    MOE_ASSIGN_OR_RETURN(m.workspace, m.device->Allocate(workspace_bytes, "forward workspace"));
+  }
+#if MOE_CUDA_ENABLED
+  if (cuda_device != nullptr) {
+    // Before the weights are copied: Create also waits for the buffers' zero fill.
+    MOE_ASSIGN_OR_RETURN(m.ops, cuda::CudaForwardOps::Create(*cuda_device, cfg, model->weights, T,
+                                                             m.workspace.data()));
+    // Expert copies from pinned memory are asynchronous and faster; refused pinning only costs
+    // speed (pageable copies are correct).
+    auto pins = std::make_shared<cuda::PinnedExpertBytes>();
+    if (options.pin_host_experts && model->checkpoint != nullptr) {
+      const absl::Status pinned = pins->Pin(*cuda_device, *model->checkpoint);
+      if (!pinned.ok()) {
+        MOE_LOG(kWarning,
+                "expert copies use pageable host memory (slower): pinning the checkpoint's "
+                "expert bytes was refused: {}",
+                std::string(pinned.message()));
+      }
+    }
+    m.stats.pinned_host_bytes = pins->bytes();
+    m.host_pins = std::move(pins);
+  }
+#endif
 
   if (copy_weights) {
     std::byte* dst = m.weights.data();
@@ -387,13 +479,22 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Mod
   m.ids = reinterpret_cast<int32_t*>(bufs[16]);
   m.routed_out = bufs[17];
   m.layer_out = bufs[18];
+  if (m.ops == nullptr) {
+    m.ops = MakeCpuForwardOps(m.pool.get(), H,
+                              CpuForwardScratch{m.xe, m.ye, m.ffn_scratch, m.attn_scratch});
+  }
+  if (!m.ops->host_memory()) {
+    // The engine's host logic (hidden-state predictors) keeps this copy of the residual stream.
+    m.layer_out_host.assign(static_cast<size_t>(T * H), 0.0f);
+    m.layer_out = m.layer_out_host.data();
+  }
 
   m.store = std::make_unique<HostExpertStore>(model->weights, space);
   // Synchronous copies (the CPU device) are split over the pool; the fake device models each
-  // copy call, so an expert is three calls there.
+  // copy call, and the CUDA device needs each copy's ticket, so an expert is three calls there.
   m.transfers = std::make_unique<ExpertTransfers>(
       *m.device, *m.store, *m.cache, m.slots.data(), options.copy_window,
-      m.charge_compute ? nullptr : m.pool.get(), options.prefetch_bytes_per_step,
+      device_name == "cpu" ? m.pool.get() : nullptr, options.prefetch_bytes_per_step,
       options.max_unconfirmed_prefetches);
   m.cache->SetEvictionListener(
       [t = m.transfers.get()](ExpertKey key, int32_t) { t->OnEvicted(key); });
@@ -412,26 +513,28 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Mod
   m.expert_first.assign(static_cast<size_t>(cfg.num_experts), 0);
   m.expert_fill.assign(static_cast<size_t>(cfg.num_experts), 0);
   m.stats.expert_arena_bytes = arena_bytes;
-  m.stats.activation_bytes = activation_bytes + kv_bytes;
+  m.stats.activation_bytes = activation_bytes + kv_bytes + workspace_bytes;
   m.stats.expert_slots = m.cache->capacity_total();
   MOE_LOG(kInfo,
           "engine: {} device, {} expert slots ({:.1f} MB of {:.1f} MB experts, policy {}, {} "
           "scope), {:.1f} MB weights, {:.1f} MB activations + kv, {} threads",
           m.device->name(), m.cache->capacity_total(), arena_bytes / 1e6, all_experts / 1e6,
           options.policy, CacheScopeName(options.scope), weight_bytes / 1e6,
-          (activation_bytes + kv_bytes) / 1e6, threads);
+          (activation_bytes + kv_bytes + workspace_bytes) / 1e6, threads);
   return engine;
 }
 
 absl::Status Engine::Impl::MoeBlock(int32_t layer, int64_t n) {
   const ModelConfig& c = *cfg;
   const LayerWeights& lw = dev.layers[layer];
-  const int64_t H = c.hidden_size, E = c.num_experts, K = c.top_k;
-  cpu::Linear(xn, n, lw.router, router, pool.get());
-  cpu::TopKSoftmax(router, n, E, K, c.norm_topk_prob, ids, weights_k);
+  const int64_t E = c.num_experts, K = c.top_k;
+  MOE_RETURN_IF_ERROR(ops->Linear(xn, n, lw.router, router));
+  // The routing comes back to the host: the cache, tracer and predictor work there.
+  MOE_RETURN_IF_ERROR(ops->Route(router, n, E, K, c.norm_topk_prob, ids, weights_k, &route));
+  const int32_t* const host_ids = route.ids;
   if (tracer != nullptr) {
-    tracer->RecordLayer(layer, {ids, static_cast<size_t>(n * K)},
-                        {weights_k, static_cast<size_t>(n * K)});
+    tracer->RecordLayer(layer, {host_ids, static_cast<size_t>(n * K)},
+                        {route.weights, static_cast<size_t>(n * K)});
   }
 
   // Group the (token, rank) pairs per expert; keys in order of first use.
@@ -439,7 +542,7 @@ absl::Status Engine::Impl::MoeBlock(int32_t layer, int64_t n) {
   keys.clear();
   const ExpertSpace space = store->space();
   for (int64_t i = 0; i < n * K; ++i) {
-    if (expert_count[ids[i]]++ == 0) keys.push_back(space.Key(layer, ids[i]));
+    if (expert_count[host_ids[i]]++ == 0) keys.push_back(space.Key(layer, host_ids[i]));
   }
   int32_t offset = 0;
   for (int64_t e = 0; e < E; ++e) {
@@ -447,7 +550,8 @@ absl::Status Engine::Impl::MoeBlock(int32_t layer, int64_t n) {
     offset += expert_count[e];
   }
   rows.resize(static_cast<size_t>(n * K));
-  for (int64_t i = 0; i < n * K; ++i) rows[expert_fill[ids[i]]++] = static_cast<int32_t>(i);
+  for (int64_t i = 0; i < n * K; ++i) rows[expert_fill[host_ids[i]]++] = static_cast<int32_t>(i);
+  MOE_RETURN_IF_ERROR(ops->BeginExperts(xn, n, K, rows));
 
   if (predictor != nullptr) MeasureRecall(layer, n);
   PhaseStats& phase = n > 1 ? stats.prefill : stats.decode;
@@ -457,21 +561,14 @@ absl::Status Engine::Impl::MoeBlock(int32_t layer, int64_t n) {
 
   // Combine in rank order, whatever order the experts ran in (resident first, waves, prefetched
   // ones): the result never depends on the cache's state, budget or predictor.
-  for (int64_t t = 0; t < n; ++t) {
-    for (int64_t j = 0; j < K; ++j) {
-      cpu::ScaledAdd(routed_out + (t * K + j) * H, &weights_k[t * K + j], 1, H, x + t * H);
-    }
-  }
+  MOE_RETURN_IF_ERROR(ops->CombineExperts(routed_out, weights_k, x));
 
   if (lw.shared_expert.gate.present()) {
-    cpu::ExpertFfn(xn, n, lw.shared_expert.gate, lw.shared_expert.up, lw.shared_expert.down,
-                   shared_out, ffn_scratch, pool.get());
-    cpu::Linear(xn, n, lw.shared_expert_gate, shared_gate, pool.get());
-    for (int64_t t = 0; t < n; ++t) shared_gate[t] = 1.0f / (1.0f + std::exp(-shared_gate[t]));
-    cpu::ScaledAdd(shared_out, shared_gate, n, H, x);
+    MOE_RETURN_IF_ERROR(ops->SharedExpert(xn, n, lw.shared_expert, lw.shared_expert_gate,
+                                          shared_out, shared_gate, x));
   }
 
-  if (planner != nullptr) PlanPrefetches(layer, n, phase);
+  if (planner != nullptr) MOE_RETURN_IF_ERROR(PlanPrefetches(layer, n, phase));
   return absl::OkStatus();
 }
 
@@ -503,7 +600,7 @@ absl::Status Engine::Impl::RunWave(std::span<const AcquiredExpert> acquired, Pha
       MOE_RETURN_IF_ERROR(transfers->WaitReady(a.key));
       phase.load_seconds += SecondsSince(start);
     }
-    RunExpert(a, on_cpu);
+    MOE_RETURN_IF_ERROR(RunExpert(a, on_cpu));
     transfers->Pump();
   }
   return absl::OkStatus();
@@ -524,33 +621,32 @@ bool Engine::Impl::PreferCpu(ExpertKey key, int32_t tokens) {
   return true;
 }
 
-void Engine::Impl::RunExpert(const AcquiredExpert& a, bool on_cpu) {
-  const int64_t H = cfg->hidden_size, K = cfg->top_k;
+absl::Status Engine::Impl::RunExpert(const AcquiredExpert& a, bool on_cpu) {
   const int32_t e = store->space().Id(a.key).expert;
-  const int32_t first = expert_first[e], count = expert_count[e];
-  for (int32_t r = 0; r < count; ++r) {
-    std::memcpy(xe + int64_t{r} * H, xn + int64_t{rows[first + r] / K} * H, H * sizeof(float));
-  }
   const FfnWeights w =
       on_cpu ? store->HostWeights(a.key)
              : store->SlotWeights(a.key, slots.data() + uint64_t(a.slot) * expert_bytes);
-  cpu::ExpertFfn(xe, count, w.gate, w.up, w.down, ye, ffn_scratch, pool.get());
-  for (int32_t r = 0; r < count; ++r) {
-    std::memcpy(routed_out + int64_t{rows[first + r]} * H, ye + int64_t{r} * H, H * sizeof(float));
-  }
+  MOE_RETURN_IF_ERROR(ops->RunExpert(expert_first[e], expert_count[e], w, routed_out));
   if (charge_compute && !on_cpu) device->ChargeCompute(double(expert_bytes) * seconds_per_byte);
+  return absl::OkStatus();
 }
 
-void Engine::Impl::PlanPrefetches(int32_t layer, int64_t n, PhaseStats& phase) {
+absl::Status Engine::Impl::PlanPrefetches(int32_t layer, int64_t n, PhaseStats& phase) {
   // The same order as replay: the step's experts were acquired, now each token's routing is
   // observed and its predicted experts prefetched.
   const int64_t H = cfg->hidden_size, K = cfg->top_k;
   const bool hidden = predictor->uses_hidden_states();
+  // The residual stream after this layer, on the host (copied back only for hidden-state
+  // predictors, and only where activations are not host memory).
+  const float* hx = nullptr;
+  if (hidden) {
+    MOE_ASSIGN_OR_RETURN(hx, ops->HostView(x, n * H));
+  }
   for (int64_t t = 0; t < n; ++t) {
-    for (int64_t j = 0; j < K; ++j) token_experts[j] = static_cast<uint16_t>(ids[t * K + j]);
+    for (int64_t j = 0; j < K; ++j) token_experts[j] = static_cast<uint16_t>(route.ids[t * K + j]);
     planner->AfterRouting(
         *cache, step_requests[t], layer, token_experts,
-        hidden ? std::span<const float>(x + t * H, static_cast<size_t>(H))
+        hidden ? std::span<const float>(hx + t * H, static_cast<size_t>(H))
                : std::span<const float>(),
         [&](int32_t) { return transfers->AdmitPrefetch(); },
         [&](ExpertKey key, int32_t distance) {
@@ -558,10 +654,11 @@ void Engine::Impl::PlanPrefetches(int32_t layer, int64_t n, PhaseStats& phase) {
               key, distance == 1 ? TransferPriority::kNextLayer : TransferPriority::kLookahead);
         });
   }
-  if (hidden && n > 1) std::memcpy(layer_out, x, static_cast<size_t>(n * H) * sizeof(float));
+  if (hidden && n > 1) std::memcpy(layer_out, hx, static_cast<size_t>(n * H) * sizeof(float));
   const auto start = Clock::now();
   transfers->Pump();
   phase.load_seconds += SecondsSince(start);
+  return absl::OkStatus();
 }
 
 void Engine::Impl::MeasureRecall(int32_t layer, int64_t n) {
@@ -580,7 +677,7 @@ void Engine::Impl::MeasureRecall(int32_t layer, int64_t n) {
     SanitizeProbabilities(predicted);  // the planner reports garbage; here it only must not rank
     const int32_t top = TopExpertIds(predicted, r.budget, predicted_order);
     for (int64_t j = 0; j < K; ++j) {
-      const int32_t chosen = ids[t * K + j];
+      const int32_t chosen = route.ids[t * K + j];
       for (int32_t i = 0; i < top; ++i) {
         if (predicted_order[i] == chosen) {
           ++r.found[layer];
@@ -617,44 +714,55 @@ absl::Status Engine::Impl::RunStep(std::span<const StepToken> tokens, bool all_l
     token_ids[i] = tokens[i].id;
     positions[i] = tokens[i].position;
   }
-  cpu::EmbeddingGather(dev.embed, token_ids.data(), n, x);
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  MOE_RETURN_IF_ERROR(ops->BeginStep(token_ids, positions));
+  MOE_RETURN_IF_ERROR(ops->Embed(dev.embed, x));
 
   for (int32_t l = 0; l < c.num_layers; ++l) {
     const LayerWeights& lw = dev.layers[l];
-    cpu::RmsNorm(x, n, H, lw.input_norm, static_cast<float>(c.rms_norm_eps), xn);
-    cpu::Linear(xn, n, lw.q, q, pool.get());
-    cpu::Linear(xn, n, lw.k, k, pool.get());
-    cpu::Linear(xn, n, lw.v, v, pool.get());
+    MOE_RETURN_IF_ERROR(ops->RmsNorm(x, n, H, lw.input_norm, eps, xn));
+    MOE_RETURN_IF_ERROR(ops->Linear(xn, n, lw.q, q));
+    MOE_RETURN_IF_ERROR(ops->Linear(xn, n, lw.k, k));
+    MOE_RETURN_IF_ERROR(ops->Linear(xn, n, lw.v, v));
     if (lw.q_bias.present()) {
-      cpu::AddBias(q, n, lw.q_bias);
-      cpu::AddBias(k, n, lw.k_bias);
-      cpu::AddBias(v, n, lw.v_bias);
+      MOE_RETURN_IF_ERROR(ops->AddBias(q, n, lw.q_bias));
+      MOE_RETURN_IF_ERROR(ops->AddBias(k, n, lw.k_bias));
+      MOE_RETURN_IF_ERROR(ops->AddBias(v, n, lw.v_bias));
     }
-    cpu::ApplyRope(q, n, c.num_heads, D, positions.data(), c.rope_theta);
-    cpu::ApplyRope(k, n, c.num_kv_heads, D, positions.data(), c.rope_theta);
-    for (int64_t i = 0; i < n; ++i) {
-      const StepToken& t = tokens[i];
-      std::memcpy(KvAt(t.sequence, l, 0, max_context) + t.position * kv_dim, k + i * kv_dim,
-                  kv_dim * sizeof(float));
-      std::memcpy(KvAt(t.sequence, l, 1, max_context) + t.position * kv_dim, v + i * kv_dim,
-                  kv_dim * sizeof(float));
-    }
-    // Attention per run of consecutive tokens of one sequence (a prompt chunk, or one token).
+    MOE_RETURN_IF_ERROR(ops->Rope(q, n, c.num_heads, D, c.rope_theta));
+    MOE_RETURN_IF_ERROR(ops->Rope(k, n, c.num_kv_heads, D, c.rope_theta));
+    // Per run of consecutive tokens of one sequence (a prompt chunk, or one token): their keys
+    // and values into the KV cache (contiguous there too), then attention.
     for (int64_t i = 0; i < n;) {
       int64_t j = i + 1;
       while (j < n && tokens[j].sequence == tokens[i].sequence &&
              tokens[j].position == tokens[j - 1].position + 1) {
         ++j;
       }
-      cpu::Attention(q + i * q_dim, j - i, tokens[i].position,
-                     KvAt(tokens[i].sequence, l, 0, max_context),
-                     KvAt(tokens[i].sequence, l, 1, max_context), c.num_heads, c.num_kv_heads, D,
-                     c.sliding_window, attn + i * q_dim, attn_scratch, pool.get());
+      const StepToken& t = tokens[i];
+      float* const k_cache = KvAt(t.sequence, l, 0, max_context);
+      float* const v_cache = KvAt(t.sequence, l, 1, max_context);
+      MOE_RETURN_IF_ERROR(
+          ops->CopyDeviceFloats(k_cache + t.position * kv_dim, k + i * kv_dim, (j - i) * kv_dim));
+      MOE_RETURN_IF_ERROR(
+          ops->CopyDeviceFloats(v_cache + t.position * kv_dim, v + i * kv_dim, (j - i) * kv_dim));
       i = j;
     }
-    cpu::Linear(attn, n, lw.o, tmp, pool.get());
-    for (int64_t i = 0; i < n * H; ++i) x[i] += tmp[i];
-    cpu::RmsNorm(x, n, H, lw.post_attention_norm, static_cast<float>(c.rms_norm_eps), xn);
+    for (int64_t i = 0; i < n;) {
+      int64_t j = i + 1;
+      while (j < n && tokens[j].sequence == tokens[i].sequence &&
+             tokens[j].position == tokens[j - 1].position + 1) {
+        ++j;
+      }
+      MOE_RETURN_IF_ERROR(ops->Attention(q + i * q_dim, j - i, tokens[i].position,
+                                         KvAt(tokens[i].sequence, l, 0, max_context),
+                                         KvAt(tokens[i].sequence, l, 1, max_context), c.num_heads,
+                                         c.num_kv_heads, D, c.sliding_window, attn + i * q_dim));
+      i = j;
+    }
+    MOE_RETURN_IF_ERROR(ops->Linear(attn, n, lw.o, tmp));
+    MOE_RETURN_IF_ERROR(ops->AddInPlace(x, tmp, n * H));
+    MOE_RETURN_IF_ERROR(ops->RmsNorm(x, n, H, lw.post_attention_norm, eps, xn));
     if (charge_compute) device->ChargeCompute(double(layer_weight_bytes[l]) * seconds_per_byte);
     MOE_RETURN_IF_ERROR(MoeBlock(l, n));
   }
@@ -663,10 +771,10 @@ absl::Status Engine::Impl::RunStep(std::span<const StepToken> tokens, bool all_l
   // Final norm and LM head: every token, or only the last one.
   const int64_t first = all_logits ? 0 : n - 1;
   const int64_t rows_out = n - first;
-  cpu::RmsNorm(x + first * H, rows_out, H, dev.final_norm, static_cast<float>(c.rms_norm_eps), xn);
-  cpu::Linear(xn, rows_out, dev.lm_head, logits, pool.get());
+  MOE_RETURN_IF_ERROR(ops->RmsNorm(x + first * H, rows_out, H, dev.final_norm, eps, xn));
+  MOE_RETURN_IF_ERROR(ops->Linear(xn, rows_out, dev.lm_head, logits));
   if (charge_compute) device->ChargeCompute(double(dev.lm_head.num_bytes()) * seconds_per_byte);
-  std::memcpy(logits_out, logits, static_cast<size_t>(rows_out * c.vocab_size) * sizeof(float));
+  MOE_RETURN_IF_ERROR(ops->CopyToHost(logits_out, logits, rows_out * c.vocab_size));
 
   phase_stats.tokens += static_cast<uint64_t>(n);
   phase_stats.steps += 1;

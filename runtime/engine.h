@@ -1,6 +1,7 @@
 // The engine: runs a Model's forward pass on a Device with the expert cache in the loop.
 //
-// What lives where (CPU backend: the "device" is a separate, budgeted host arena):
+// What lives where (CPU backend: the "device" is a separate, budgeted host arena; CUDA: GPU
+// memory):
 //   - device: the non-expert weights (copied once at Create), the expert slot arena
 //     (capacity slots x expert_bytes, sized from the expert budget), activations and the KV
 //     cache. The device's capacity is exactly their sum, so peak use can never exceed it.
@@ -15,8 +16,14 @@
 // are read once for all its tokens. Statistics count one cache access per distinct expert per
 // layer-step: the same rule `moe-replay --prefill-chunk N` replays.
 //
-// Thread-safety: an Engine is used by one thread at a time (the C API's context rule). Kernels
-// use an internal thread pool.
+// The math runs through ForwardOps (runtime/forward_ops.h): moe::cpu kernels on the CPU and fake
+// devices, moe::cuda kernels on the GPU's compute stream on the CUDA device. The control logic
+// (cache, copies, waves, predictor, tracer, statistics) is the same on every device; on the GPU
+// each MoE layer's routing is copied back to the host (one synchronisation per layer), so hit and
+// miss counts are the CPU device's whenever the routing is.
+//
+// Thread-safety: an Engine is used by one thread at a time (the C API's context rule). CPU
+// kernels use an internal thread pool.
 #pragma once
 
 #include <cstdint>
@@ -60,11 +67,23 @@ struct EngineOptions {
   // Expert copies issued to the device's copy stream at a time (the rest wait in the priority
   // queue, where demand overtakes prefetches); >= 1.
   int32_t copy_window = 2;
-  // "cpu" (default), or "fake": the FakeDevice (virtual clock, modelled link, fault injection)
-  // for measuring overlap deterministically. On the fake device compute is charged, not timed:
-  // every weight byte a kernel reads costs 1 / fake_compute_bytes_per_second seconds (decode is
+  // "cpu" (default): CPU kernels, the device a budgeted host arena.
+  // "cuda": the whole forward on GPU 0 (runtime/cuda/cuda_forward_ops.h): weights, activations,
+  // KV cache and expert slots in GPU memory, expert copies on a copy stream that compute waits
+  // for on the GPU. FailedPrecondition when this build has no CUDA or no GPU is usable;
+  // InvalidArgument for models the CUDA path does not support (F16 GEMM weights, > 256 experts,
+  // head_dim > 256) and with cpu_fallback. BF16 weights: GEMM inputs are rounded to bf16, so
+  // logits differ from the CPU's by about 1e-2 of their range (F32: fp32 rounding only).
+  // "auto": cuda when this build has CUDA and a GPU is visible, else cpu.
+  // "fake": the FakeDevice (virtual clock, modelled link, fault injection) for measuring
+  // overlap deterministically. On the fake device compute is charged, not timed: every weight
+  // byte a kernel reads costs 1 / fake_compute_bytes_per_second seconds (decode is
   // memory-bound), so the ratio of link to memory bandwidth sets how much a miss costs.
+  // Anything else is InvalidArgument naming the accepted values.
   std::string device = "cpu";
+  // cuda: pin the mapped checkpoint's expert bytes (cudaHostRegister) so expert copies are
+  // asynchronous DMA; when the driver refuses, a warning is logged and copies use pageable memory.
+  bool pin_host_experts = true;
   FakeDeviceOptions fake_device;
   double fake_compute_bytes_per_second = 3.35e12;  // about H100 HBM3
   // CPU fallback: a missed expert whose copy would arrive later than the CPU could compute it
@@ -73,10 +92,10 @@ struct EngineOptions {
   // ahead + 1) x transfer time + device compute with the CPU's max(expert bytes /
   // cpu_bytes_per_second, FFN flops / cpu_flops_per_second), so batch-1 decode over a slow link
   // goes to the CPU and large prefill batches do not. Only for devices that are not the CPU (the
-  // fake device; on the CPU device it is ignored). Results are identical either way, and so are hit
-  // rates: moe-replay still reproduces them.
-  // The CPU's rates are measured at Create on a real expert when 0 (the default; reported in
-  // EngineStats); tests and modelled benchmarks give them for deterministic decisions.
+  // fake device; on the CPU device it is ignored; not supported on the cuda device yet). Results
+  // are identical either way, and so are hit rates: moe-replay still reproduces them. The CPU's
+  // rates are measured at Create on a real expert when 0 (the default; reported in EngineStats);
+  // tests and modelled benchmarks give them for deterministic decisions.
   bool cpu_fallback = false;
   double cpu_bytes_per_second = 0;  // weight bytes per second of the CPU expert kernel
   double cpu_flops_per_second = 0;
@@ -98,7 +117,8 @@ struct EngineStats {
   uint64_t expert_arena_bytes = 0;     // slots x expert_bytes
   uint64_t non_expert_bytes = 0;       // device bytes holding the non-expert weights
   uint64_t setup_bytes_to_device = 0;  // copied at Create (the weights), before any token
-  uint64_t activation_bytes = 0;       // activations + KV cache
+  uint64_t activation_bytes = 0;       // activations + KV cache (+ the CUDA ops' workspace)
+  uint64_t pinned_host_bytes = 0;      // cuda: expert bytes of the mapped checkpoint pinned
   int64_t expert_slots = 0;
   // One-layer-ahead recall of the predictor at budget prefetch.budget (top_k when 0); empty
   // vectors without a predictor.

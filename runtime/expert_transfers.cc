@@ -85,6 +85,14 @@ void ExpertTransfers::Issue(ExpertKey key) {
   MOE_CHECK(slot >= 0);  // queued copies belong to resident experts (eviction cancels them)
   std::byte* dst = slots_ + static_cast<uint64_t>(slot) * store_.expert_bytes();
   InFlight f{key, {}, false};
+  if (device_.queues_compute()) {
+    // Kernels still queued may read the slot's previous expert: the copy goes after them. (An
+    // error here is the device's sticky error; the copy's own wait reports it.)
+    const absl::Status ordered = device_.CopyWaitForCompute();
+    if (!ordered.ok()) {
+      MOE_LOG(kError, "ordering an expert copy after compute: {}", std::string(ordered.message()));
+    }
+  }
   if (copy_pool_ != nullptr) {
     store_.CopyToSlot(key, device_, dst, copy_pool_);  // synchronous device: done here
   } else {
@@ -152,6 +160,16 @@ int64_t ExpertTransfers::CopiesAhead(ExpertKey key) const {
   return static_cast<int64_t>(in_flight_.size() + queue_.queued(TransferPriority::kDemand));
 }
 
+bool ExpertTransfers::ComputeWaitInFlight(ExpertKey key) {
+  for (const InFlight& f : in_flight_) {
+    if (f.key != key || f.detached) continue;
+    // The parts complete in issue order (one copy stream), so the last one covers all three.
+    // A copy already known to have failed is retired on the host instead (and copied again).
+    return device_.ComputeWaitFor(f.parts[2]).ok();
+  }
+  return false;
+}
+
 absl::Status ExpertTransfers::WaitReady(ExpertKey key) {
   int retries = 0;
   while (true) {
@@ -176,6 +194,7 @@ absl::Status ExpertTransfers::WaitReady(ExpertKey key) {
         Pump();
         break;
       case TransferQueue::State::kInFlight:
+        if (device_.queues_compute() && ComputeWaitInFlight(key)) return absl::OkStatus();
         MOE_RETURN_IF_ERROR(RetireOldest());
         break;
     }

@@ -10,9 +10,12 @@
 // each expert's compute), so the link does not idle while a copy is queued.
 //
 // On a synchronous device (the CPU device) every copy is complete when issued: the order and the
-// counters are the same, nothing overlaps. With a thread pool the copy is split over its threads
-// (one thread cannot saturate a multi-core host's memory system); give no pool for devices that
-// model each copy call (the fake device charges latency per call).
+// counters are the same, nothing overlaps. On a device that queues compute (CUDA), a copy into a
+// slot is ordered after the kernels already queued (Device::CopyWaitForCompute: they may still
+// read the slot's previous expert), and compute waits for a copy on the device, not the host. With
+// a thread pool the copy is split over its threads (one thread cannot saturate a multi-core host's
+// memory system); give no pool for devices that model each copy call (the fake device charges
+// latency per call).
 //
 // The cache's eviction listener must call OnEvicted: a queued copy of an evicted expert is
 // cancelled; an in-flight one cannot be, and FIFO order keeps the slot's next copy after it.
@@ -68,7 +71,11 @@ class ExpertTransfers {
   // copies in flight, or, while queued, every copy in flight plus the demand queue.
   int64_t CopiesAhead(ExpertKey key) const;
   // Blocks compute until `key`'s copy completed (issuing earlier copies as needed). The copy's
-  // status: an error names the expert when a copy failed.
+  // status: an error names the expert when a copy failed. On a device that queues compute
+  // (Device::queues_compute(), the CUDA device) a copy in flight is waited for on the device
+  // (Device::ComputeWaitFor): the host returns at once and only the kernels enqueued next wait
+  // for this expert's copy; a queued copy is issued first (the host blocks only while the copy
+  // window is full, until the oldest copy lands).
   absl::Status WaitReady(ExpertKey key);
 
   // The queue's counters, with the prefetches AdmitPrefetch refused in rejected_budget/cap.
@@ -85,6 +92,9 @@ class ExpertTransfers {
   void Issue(ExpertKey key);
   // Waits for the oldest copy in flight and retires it.
   absl::Status RetireOldest();
+  // Makes the device's compute wait for `key`'s copy in flight; false when it has none or the
+  // copy already failed (the caller then waits on the host).
+  bool ComputeWaitInFlight(ExpertKey key);
 
   Device& device_;
   const HostExpertStore& store_;

@@ -29,8 +29,8 @@ stage() {
   local build="${MOE_GPU_BUILD_DIR:-$root/build-gpu}"
   cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DMOE_WITH_CUDA=ON \
     -DMOE_CUDA_ARCHITECTURES=90 -DMOE_BUILD_BENCHMARKS=OFF >/dev/null
-  local wanted=(cuda_devices_test cuda_device_test cuda_kernels_test moe-devices moe-cuda-bench
-                moe-replay) targets=()
+  local wanted=(cuda_devices_test cuda_device_test staging_copier_test cuda_kernels_test
+                cuda_engine_test moe-devices moe-cuda-bench moe-replay moe-run) targets=()
   local known
   known="$(cmake --build "$build" --target help)"
   for t in "${wanted[@]}"; do
@@ -76,7 +76,8 @@ run() {
   } 2>&1 | tee "$out/machine.txt"
 
   local failed=0
-  for t in cuda_devices_test cuda_device_test cuda_kernels_test; do
+  for t in cuda_devices_test cuda_device_test staging_copier_test cuda_kernels_test \
+           cuda_engine_test; do
     [[ -x "$bin/$t" ]] || continue
     if ! "$bin/$t" --gtest_output="xml:$out/$t.xml" >"$out/$t.log" 2>&1; then failed=1; fi
     echo "$t: $(grep -E '^\[  (PASSED|FAILED)' "$out/$t.log" | tr '\n' ' ')"
@@ -98,6 +99,15 @@ run() {
     else
       echo "compute-sanitizer: not found on this machine"
     fi
+  fi
+  # The engine end to end on the demo model, CPU beside CUDA: same prompt, budget and predictor.
+  if [[ -x "$bin/moe-run" && -f "$root/models/pydoc-moe/model.safetensors" ]]; then
+    for dev in cpu cuda; do
+      "$bin/moe-run" --model "$root/models/pydoc-moe" --device "$dev" --expert-budget 25% \
+        --predictor gate --max-tokens 64 --prompt "The interpreter reads the command line" \
+        >"$out/moe-run-$dev.log" 2>&1 || failed=1
+      echo "moe-run --device $dev: $(grep -E 'tokens/s' "$out/moe-run-$dev.log" | head -2 | tr '\n' ' ')"
+    done
   fi
   if [[ -x "$bin/moe-cuda-bench" ]]; then
     local quick=()

@@ -121,7 +121,12 @@ typedef struct moe_context_params {
   const char* policy;
   /* "global" (default: one cache over all layers) or "layer" (an equal share per layer). */
   const char* cache_scope;
-  /* "cpu" (default) or "auto". */
+  /* Where the forward runs: "cpu" (default; CPU kernels, the device a budgeted host arena),
+   * "cuda" (GPU 0: weights, activations, KV cache and expert slots in GPU memory;
+   * MOE_FAILED_PRECONDITION when the library was built without CUDA or no GPU is usable; BF16
+   * weights give logits within about 1e-2 of the CPU's range, F32 ones match to fp32 rounding)
+   * or "auto" (cuda when built with CUDA and a GPU is visible, else cpu). Anything else:
+   * MOE_INVALID_ARGUMENT. */
   const char* device;
   int32_t max_sequences; /* sequence ids 0 .. max_sequences-1; default 1 */
   int32_t max_context;   /* tokens per sequence; 0 (default): min(max_position, 4096) */

@@ -67,7 +67,10 @@ std::byte* CudaDevice::RawAllocate(uint64_t bytes) {
     cudaGetLastError();  // cudaMalloc's error is not sticky; clear it for the next call
     return nullptr;
   }
-  if (cudaMemset(p, 0, bytes) != cudaSuccess) {
+  // Zero-filled before anyone can use it: on the compute stream (the legacy default stream's
+  // cudaMemset would not order with the non-blocking streams), then waited for.
+  if (cudaMemsetAsync(p, 0, bytes, compute_) != cudaSuccess ||
+      cudaStreamSynchronize(compute_) != cudaSuccess) {
     cudaFree(p);
     return nullptr;
   }

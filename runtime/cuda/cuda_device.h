@@ -65,13 +65,16 @@ class CudaDevice final : public Device {
   CUstream_st* compute_stream() const { return compute_; }
   CUstream_st* copy_stream() const { return copy_; }
 
+  // Compute is queued on compute_stream(): the Device hooks below wait on the GPU.
+  bool queues_compute() const override { return true; }
   // Makes the compute stream wait (on the GPU) until the copy completed. Returns the copy's
   // status when it is already known to have failed, else OK (an error surfacing later is
-  // reported by the next synchronising call).
-  absl::Status ComputeWaitFor(CopyTicket ticket);
+  // reported by the next synchronising call). The engine's expert transfers call it through
+  // Device& (runtime/expert_transfers.h).
+  absl::Status ComputeWaitFor(CopyTicket ticket) override;
   // Makes the copy stream wait until everything enqueued on the compute stream so far ran
   // (before overwriting a slot that compute may still read).
-  absl::Status CopyWaitForCompute();
+  absl::Status CopyWaitForCompute() override;
   // Blocks until the compute stream has drained; returns its error, if any.
   absl::Status SynchronizeCompute();
 

@@ -95,6 +95,30 @@ int main(void) {
   params = moe_context_default_params();
   params.device = "tpu";
   CHECK_STATUS(moe_context_create(model, &params, &ctx), MOE_INVALID_ARGUMENT);
+  CHECK(strstr(moe_last_error(), "cpu, cuda, auto") != NULL);
+  /* "cuda" works or says why not (no CUDA in this build, no GPU): never a crash. "auto" always
+   * finds a device. Both give the logits of the CPU (to bf16 tolerance at worst). */
+  {
+    const char* devices[] = {"cuda", "auto"};
+    int d;
+    for (d = 0; d < 2; ++d) {
+      moe_context* c = NULL;
+      params = moe_context_default_params();
+      params.device = devices[d];
+      const moe_status s = moe_context_create(model, &params, &c);
+      CHECK(s == MOE_OK || (d == 0 && s == MOE_FAILED_PRECONDITION));
+      if (s == MOE_FAILED_PRECONDITION) CHECK(strstr(moe_last_error(), "cuda") != NULL);
+      CHECK((s == MOE_OK) == (c != NULL));
+      if (c != NULL) {
+        const int32_t prompt[3] = {5, 6, 7};
+        float* logits = malloc(sizeof(float) * 1000);
+        CHECK_STATUS(moe_evaluate(c, 0, prompt, 3, logits, 1000), MOE_OK);
+        CHECK(logits[0] == logits[0]); /* not NaN */
+        free(logits);
+      }
+      moe_context_free(c);
+    }
+  }
   params = moe_context_default_params();
   params.expert_budget_fraction = 0.25;
   CHECK_STATUS(moe_context_create(NULL, &params, &ctx), MOE_INVALID_ARGUMENT);

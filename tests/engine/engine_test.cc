@@ -6,6 +6,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "predictor/learned_predictor.h"
 #include "predictor/predictor.h"
 #include "runtime/engine.h"
 #include "runtime/generate.h"
@@ -550,6 +551,29 @@ TEST(Engine, BadDeviceOptionsAreClearErrors) {
   expect_error(o, "cpu fallback: -1 B/s");
 }
 
+TEST(Engine, CudaDeviceWorksOrIsAClearError) {
+  EngineOptions o;
+  o.device = "cuda";
+  auto e = Engine::Create(TinyModel(), o);
+#if MOE_CUDA_ENABLED
+  // tests/engine/cuda_engine_test.cc covers the GPU; here only: never a crash, and without a GPU
+  // a FailedPrecondition with CudaDevice::Create's reason.
+  if (!e.ok()) {
+    EXPECT_EQ(e.status().code(), absl::StatusCode::kFailedPrecondition) << e.status();
+    EXPECT_THAT(std::string(e.status().message()), HasSubstr("device 'cuda'"));
+  }
+#else
+  ASSERT_FALSE(e.ok());
+  EXPECT_EQ(e.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(e.status().message()), HasSubstr("this build has no CUDA support"));
+  // "auto" means the CPU in a build without CUDA.
+  o.device = "auto";
+  auto a = Engine::Create(TinyModel(), o);
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ((*a)->device().name(), "cpu");
+#endif
+}
+
 TEST(Engine, BadPredictorOptionsAreClearErrors) {
   EngineOptions options;
   options.predictor = "oracle";
@@ -576,6 +600,44 @@ TEST(Engine, BadPredictorOptionsAreClearErrors) {
   e = Engine::Create(TinyModel(), options);
   ASSERT_FALSE(e.ok());
   EXPECT_THAT(std::string(e.status().message()), HasSubstr("/nonexistent/tables.safetensors"));
+}
+
+TEST(Engine, LearnedPredictorNeedsWeightsForTheModelsHiddenSize) {
+  EngineOptions options;
+  options.predictor = "learned";
+  auto e = Engine::Create(TinyModel(), options);
+  ASSERT_FALSE(e.ok());
+  EXPECT_THAT(std::string(e.status().message()), HasSubstr("needs its weights"));
+
+  // Weights for the tiny model's layers and experts but another hidden size (65, not 64).
+  PredictorOptions po;
+  po.space = ExpertSpace{static_cast<int32_t>(TinyModel()->config.num_layers),
+                         static_cast<int32_t>(TinyModel()->config.num_experts)};
+  po.top_k = static_cast<int32_t>(TinyModel()->config.top_k);
+  LearnedPredictor learned(po);
+  LearnedPredictorWeights w;
+  w.input_size = TinyModel()->config.hidden_size + 1;
+  w.hidden_units = 4;
+  w.w1.assign(static_cast<size_t>(w.hidden_units * w.input_size), 0.01f);
+  w.b1.assign(static_cast<size_t>(w.hidden_units), 0.0f);
+  w.w2.assign(static_cast<size_t>(po.space.size() * w.hidden_units), 0.01f);
+  w.b2.assign(static_cast<size_t>(po.space.size()), 0.0f);
+  ASSERT_TRUE(learned.SetWeights(w).ok());
+  const std::string path = ::testing::TempDir() + "/learned_wrong_hidden.safetensors";
+  ASSERT_TRUE(learned.Save(path).ok());
+  options.predictor_file = path;
+  e = Engine::Create(TinyModel(), options);
+  ASSERT_FALSE(e.ok());
+  EXPECT_THAT(std::string(e.status().message()), HasSubstr("65 values"));
+  EXPECT_THAT(std::string(e.status().message()), HasSubstr("model's are 64"));
+
+  // The right size works, and predicts from the token's layer-0 hidden state.
+  w.input_size = TinyModel()->config.hidden_size;
+  w.w1.assign(static_cast<size_t>(w.hidden_units * w.input_size), 0.01f);
+  ASSERT_TRUE(learned.SetWeights(w).ok());
+  ASSERT_TRUE(learned.Save(path).ok());
+  e = Engine::Create(TinyModel(), options);
+  ASSERT_TRUE(e.ok()) << e.status();
 }
 
 TEST(Generate, GreedyFollowsTheArgmaxAndSamplingIsReproducible) {

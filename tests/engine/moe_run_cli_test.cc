@@ -161,6 +161,20 @@ TEST_F(MoeRunTest, PrefetchBenchRunsAndRejectsBadFlags) {
                      "oracle", "moe-prefetch-bench");
 }
 
+TEST_F(MoeRunTest, LearnedPredictorRunsOnTheDemoModelWithItsOwnWeights) {
+  const std::string model = std::string(MOE_SOURCE_DIR) + "/models/pydoc-moe";
+  const CommandResult r = RunTool("moe-run --model " + model +
+                                  " --prompt 'The interpreter reads the command line' "
+                                  "--max-tokens 4 --expert-budget 25% --predictor learned "
+                                  "--prefill-chunk 1");
+  ASSERT_EQ(r.exit_code, 0) << r.errors;
+  EXPECT_THAT(r.errors, HasSubstr("prediction      learned"));
+  const std::string tiny = kGolden + "mixtral-tiny-f32";
+  ExpectOneErrorLine(RunTool("moe-run --model " + tiny + " --prompt-ids 5,6 --predictor learned "
+                             "--predictor-file " + model + "/learned_predictor.safetensors"),
+                     "num_layers is 8 in the file, 4");
+}
+
 TEST_F(MoeRunTest, TokenIdsWorkWithoutATokenizerAndTextDoesNot) {
   const std::string qwen = kGolden + "qwen2moe-tiny-f32";
   CommandResult r = RunTool("moe-run --model " + qwen + " --prompt-ids 5,6,7 --max-tokens 4");

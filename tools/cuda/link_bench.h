@@ -2,7 +2,8 @@
 //   - pinned host -> device, one large cudaMemcpyAsync (the link's practical peak);
 //   - expert copies through CudaDevice::CopyToDeviceAsync (expert_bytes each, back to back into
 //     distinct slots, as the expert cache issues them), timed from first issue to last WaitCopy;
-//   - pageable host -> device (what an engine gets without pinning);
+//   - pageable host -> device (what an engine gets without pinning), directly and through the
+//     pinned staging ring (runtime/cuda/staging_copier.h, 4 x 16 MiB, all host threads);
 //   - device -> device cudaMemcpyAsync (GPU memory bandwidth; reported as bytes read + written).
 // Each figure is the median of `repeats` runs.
 #pragma once
@@ -25,6 +26,7 @@ struct LinkBenchResult {
   double pinned_gbps = 0;        // one large pinned copy, GB/s (1e9 bytes/s)
   double expert_copy_gbps = 0;   // per-expert copies through CudaDevice
   double pageable_gbps = 0;      // one large pageable copy
+  double staged_gbps = 0;        // the same pageable bytes through StagingCopier
   double d2d_copy_gbps = 0;      // bytes copied per second, device to device
   double d2d_traffic_gbps = 0;   // bytes read + written per second (2x the above)
 };

@@ -133,13 +133,16 @@ int Main(int argc, char** argv) {
   flags.AddString("policy", &policy,
                   "eviction policy: lru, lfu, arc, lrfu, predictive (needs --predictor)");
   flags.AddString("scope", &scope, "cache scope: global or layer");
-  flags.AddString("device", &device, "device: cpu or auto");
+  flags.AddString("device", &device,
+                  "device: cpu, cuda (the whole forward on GPU 0) or auto (cuda when a GPU is "
+                  "visible and the build has CUDA, else cpu)");
   flags.AddString("trace-out", &trace_out, "record the run's routing into this trace file");
   flags.AddString("predictor", &predictor,
                   "router predictor for prefetching: none, gate, frequency, transition, recency, "
-                  "combined");
+                  "combined, learned");
   flags.AddString("predictor-file", &predictor_file,
-                  "learned predictor tables (moe-replay --predictor-out)");
+                  "learned predictor tables (moe-replay --predictor-out) or weights ('learned': "
+                  "default MODEL/learned_predictor.safetensors)");
   flags.AddInt("prefetch-depth", &prefetch_depth, "layers ahead to prefetch with a predictor");
   flags.AddInt("prefetch-budget", &prefetch_budget,
                "experts prefetched per predicted layer (0: top-k)");
@@ -229,6 +232,9 @@ int Main(int argc, char** argv) {
   cp.num_threads = static_cast<int32_t>(threads);
   cp.prefill_chunk = static_cast<int32_t>(prefill_chunk);
   cp.max_context = static_cast<int32_t>(max_context);
+  if (predictor == "learned" && predictor_file.empty()) {
+    predictor_file = model_dir + "/learned_predictor.safetensors";
+  }
   cp.predictor = predictor.c_str();
   cp.predictor_file = predictor_file.c_str();
   cp.prefetch_depth = static_cast<int32_t>(prefetch_depth);
@@ -318,9 +324,10 @@ int Main(int argc, char** argv) {
         stats.prefetch_useful, FormatBytes(stats.prefetch_wasted_bytes));
   }
   if (!trace_out.empty()) {
-    // Id-only predictors replay exactly; the gate reads hidden states a trace does not hold.
+    // Id-only predictors replay exactly; the gate and the learned predictor read hidden states a
+    // trace does not hold.
     std::string replay_flags;
-    if (predictor != "none" && predictor != "gate") {
+    if (predictor != "none" && predictor != "gate" && predictor != "learned") {
       replay_flags = fmt::format(" --predictor {} --prefetch-depth {} --prefetch-budget {}",
                                  predictor, prefetch_depth, prefetch_budget);
       if (!predictor_file.empty()) replay_flags += " --predictor-in " + predictor_file;
