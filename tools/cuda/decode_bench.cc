@@ -265,8 +265,13 @@ double MeasureCpuExpertSeconds(CudaDevice& device, GpuModel& m, const HostStore&
   return Median(seconds);
 }
 
-// How one routed expert of a layer is served.
-enum class Serve : uint8_t { kResident, kCopy, kCpu };
+// How one routed expert of a layer is served: from the cache, copied in and computed on the GPU,
+// on the CPU only, or on the CPU while a background copy brings it into the cache.
+enum class Serve : uint8_t { kResident, kCopy, kCpu, kCpuAndCopy };
+
+double SecondsSince(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
 
 absl::StatusOr<DecodeModeResult> RunStreaming(CudaDevice& device, GpuModel& m,
                                               const RoutingTrace& forced, const HostStore& store,
@@ -295,36 +300,48 @@ absl::StatusOr<DecodeModeResult> RunStreaming(CudaDevice& device, GpuModel& m,
   const double stall_before = device.counters().copy_stall_seconds;
   std::vector<double> per_token;
   std::vector<ExpertKey> keys(o.top_k);
-  std::vector<CopyTicket> tickets(o.top_k);
   std::vector<Serve> serve(o.top_k);
+  std::vector<CopyTicket> pending(co.space.size());  // the latest copy into each expert's slot
+  const auto run_start = Clock::now();
+  double link_free_at = 0;  // when the copies queued so far end (seconds since run_start)
   for (int64_t t = 0; t < o.tokens; ++t) {
     const auto start = Clock::now();
     for (int32_t l = 0; l < o.layers; ++l) {
       MOE_RETURN_IF_ERROR(RouteLayer(device, m, l, hybrid));
       const auto experts = forced.Experts(t, l);
       // The cost model (hybrid): each missing expert goes to whichever of the link and the CPU
-      // finishes it first, given what this layer already gave each (both are idle when a layer
-      // starts: the previous layer's copies were waited for).
-      double link_busy = 0, cpu_busy = 0;
+      // would finish it first: the link after the copies already queued on it (this layer's and
+      // earlier background copies), the CPU after the experts this layer already gave it. When
+      // the CPU takes an expert while the link is idle, the link brings it into the cache anyway
+      // (no one waits for that copy), so later tokens can hit it.
+      double cpu_busy = 0;
       for (int32_t k = 0; k < o.top_k; ++k) {
         keys[k] = co.space.Key(l, experts[k]);
         serve[k] = cache->Contains(keys[k]) ? Serve::kResident : Serve::kCopy;
-        if (hybrid && serve[k] == Serve::kCopy) {
-          if (cpu_busy + r.cpu_expert_seconds < link_busy + r.link_expert_seconds) {
-            serve[k] = Serve::kCpu;
-            cpu_busy += r.cpu_expert_seconds;
-            ++r.cpu_experts;
-          } else {
-            link_busy += r.link_expert_seconds;
+        if (!hybrid || serve[k] != Serve::kCopy) continue;
+        const double now = SecondsSince(run_start);
+        const double link_done = std::max(now, link_free_at) + r.link_expert_seconds;
+        if (now + cpu_busy + r.cpu_expert_seconds < link_done) {
+          cpu_busy += r.cpu_expert_seconds;
+          ++r.cpu_experts;
+          serve[k] = Serve::kCpu;
+          if (link_free_at <= now) {
+            serve[k] = Serve::kCpuAndCopy;
+            link_free_at = now + r.link_expert_seconds;
           }
+        } else {
+          link_free_at = link_done;
         }
       }
       // Resident members of the set first, then the missing ones (a load never evicts a member
-      // of the token's own set), exactly as the replay and the engine acquire. Experts the CPU
-      // serves do not enter the cache.
-      for (Serve pass : {Serve::kResident, Serve::kCopy}) {
+      // of the token's own set), exactly as the replay and the engine acquire. Experts only the
+      // CPU serves do not enter the cache.
+      auto copied = [&](int32_t k) {
+        return serve[k] == Serve::kCopy || serve[k] == Serve::kCpuAndCopy;
+      };
+      for (int pass = 0; pass < 2; ++pass) {
         for (int32_t k = 0; k < o.top_k; ++k) {
-          if (serve[k] != pass) continue;
+          if (pass == 0 ? serve[k] != Serve::kResident : !copied(k)) continue;
           const ExpertCache::Access a = cache->Acquire(keys[k]);
           if (a.outcome == ExpertCache::Outcome::kNoRoom) {
             return Internal("no unpinned expert to evict at layer {}", l);
@@ -346,21 +363,22 @@ absl::StatusOr<DecodeModeResult> RunStreaming(CudaDevice& device, GpuModel& m,
         }
       } else {
         for (int32_t k = 0; k < o.top_k; ++k) {
-          tickets[k] = serve[k] == Serve::kCopy
-                           ? device.CopyToDeviceAsync(slot(k), store.Source(keys[k]),
-                                                      m.expert_bytes)
-                           : CopyTicket{};
+          if (copied(k)) {
+            pending[keys[k]] =
+                device.CopyToDeviceAsync(slot(k), store.Source(keys[k]), m.expert_bytes);
+          }
         }
         for (Serve pass : {Serve::kResident, Serve::kCopy}) {  // resident first, then arrivals
           for (int32_t k = 0; k < o.top_k; ++k) {
             if (serve[k] != pass) continue;
-            MOE_RETURN_IF_ERROR(device.ComputeWaitFor(tickets[k]));
+            // A resident expert may still be arriving (a background copy).
+            MOE_RETURN_IF_ERROR(device.ComputeWaitFor(pending[keys[k]]));
             MOE_RETURN_IF_ERROR(RunExpert(device, m, slot(k), k));
           }
         }
         // The CPU's experts run on this thread while the GPU copies and computes the others.
         for (int32_t k = 0; k < o.top_k; ++k) {
-          if (serve[k] == Serve::kCpu) {
+          if (serve[k] == Serve::kCpu || serve[k] == Serve::kCpuAndCopy) {
             MOE_RETURN_IF_ERROR(RunExpertOnCpu(device, m, store.Source(keys[k]), k));
           }
         }

@@ -16,9 +16,12 @@
 //             first; each missing expert's GEMMs wait (on the GPU) for its own copy only.
 //   hybrid    overlap, plus a cost model measured at start (one expert's FFN on the CPU threads
 //             from pinned host memory vs one expert over the measured link): each missing expert
-//             goes to whichever of the link and the CPU would finish it first; the CPU computes
-//             from the host store (the normed hidden state is read back with the routing) and
-//             uploads the 16 KB result; experts it serves do not enter the cache.
+//             goes to whichever of the link (after the copies already queued on it) and the CPU
+//             would finish it first; the CPU computes from the host store (the normed hidden
+//             state is read back with the routing) and uploads the 16 KB result. When the CPU
+//             takes an expert while the link is idle, a background copy brings it into the cache
+//             for later tokens (nobody waits for it; a later hit waits on the GPU if it is still
+//             arriving).
 // The expert cache is the project's ExpertCache (budget, scope, policy), so `moe-replay` on the
 // same tokens gives the same hits; the benchmark replays them to print Belady's loads and the
 // floor max(compute, Belady loads x expert bytes / link bandwidth).

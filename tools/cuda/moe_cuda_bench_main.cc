@@ -77,6 +77,8 @@ absl::Status Run(const Flags& f) {
                       link.expert_copy_gbps / link.pinned_gbps);
     md << fmt::format("| pageable host->device | {:.1f} | {:.3f} |\n", link.pageable_gbps,
                       link.pageable_gbps / link.pinned_gbps);
+    md << fmt::format("| pageable through the pinned staging ring (4 x 16 MiB) | {:.1f} | {:.3f} |\n",
+                      link.staged_gbps, link.staged_gbps / link.pinned_gbps);
     md << fmt::format("| device->device (bytes copied) | {:.0f} | |\n", link.d2d_copy_gbps);
     md << fmt::format("| device->device (bytes read + written) | {:.0f} | |\n\n",
                       link.d2d_traffic_gbps);
