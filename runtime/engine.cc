@@ -439,13 +439,13 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Mod
                                                              m.workspace.data()));
     // Expert copies from pinned memory are asynchronous and faster; refused pinning only costs
     // speed (pageable copies are correct).
-    auto pins = std::make_shared<cuda::PinnedExpertBytes>();
+    auto pins = std::make_shared<cuda::PinnedCheckpoint>();
     if (options.pin_host_experts && model->checkpoint != nullptr) {
       const absl::Status pinned = pins->Pin(*cuda_device, *model->checkpoint);
       if (!pinned.ok()) {
         MOE_LOG(kWarning,
-                "expert copies use pageable host memory (slower): pinning the checkpoint's "
-                "expert bytes was refused: {}",
+                "expert copies go through a pinned staging ring (slower than pinned): pinning the "
+                "checkpoint was refused: {}",
                 std::string(pinned.message()));
       }
     }

@@ -81,8 +81,8 @@ struct EngineOptions {
   // memory-bound), so the ratio of link to memory bandwidth sets how much a miss costs.
   // Anything else is InvalidArgument naming the accepted values.
   std::string device = "cpu";
-  // cuda: pin the mapped checkpoint's expert bytes (cudaHostRegister) so expert copies are
-  // asynchronous DMA; when the driver refuses, a warning is logged and copies use pageable memory.
+  // cuda: pin the mapped checkpoint (cudaHostRegister) so expert copies are asynchronous DMA;
+  // when the driver refuses, a warning is logged and copies go through a pinned staging ring.
   bool pin_host_experts = true;
   FakeDeviceOptions fake_device;
   double fake_compute_bytes_per_second = 3.35e12;  // about H100 HBM3
@@ -118,7 +118,7 @@ struct EngineStats {
   uint64_t non_expert_bytes = 0;       // device bytes holding the non-expert weights
   uint64_t setup_bytes_to_device = 0;  // copied at Create (the weights), before any token
   uint64_t activation_bytes = 0;       // activations + KV cache (+ the CUDA ops' workspace)
-  uint64_t pinned_host_bytes = 0;      // cuda: expert bytes of the mapped checkpoint pinned
+  uint64_t pinned_host_bytes = 0;      // cuda: bytes of the mapped checkpoint pinned
   int64_t expert_slots = 0;
   // One-layer-ahead recall of the predictor at budget prefetch.budget (top_k when 0); empty
   // vectors without a predictor.

@@ -6,6 +6,8 @@
 #include <utility>
 
 #include "fmt/format.h"
+#include "kernels/cpu/thread_pool.h"
+#include "runtime/cuda/staging_copier.h"
 #include "runtime/logging.h"
 #include "runtime/status.h"
 
@@ -54,6 +56,7 @@ CudaDevice::~CudaDevice() {
   cudaSetDevice(index_);
   cudaStreamSynchronize(copy_);
   cudaStreamSynchronize(compute_);
+  staging_.reset();  // its events were recorded on copy_
   for (const InFlight& f : in_flight_) cudaEventDestroy(f.event);
   for (cudaEvent_t e : free_events_) cudaEventDestroy(e);
   cudaStreamDestroy(copy_);
@@ -118,7 +121,9 @@ cudaEvent_t CudaDevice::TakeEventLocked() const {
 CopyTicket CudaDevice::StartCopy(std::byte* dst, const std::byte* src, uint64_t bytes) {
   std::lock_guard lock(mu_);
   const uint64_t id = next_id_++;
-  cudaError_t err = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, copy_);
+  cudaError_t err = IsPageable(src)
+                        ? static_cast<cudaError_t>(StagedCopyLocked(dst, src, bytes))
+                        : cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, copy_);
   cudaEvent_t event = err == cudaSuccess ? TakeEventLocked() : nullptr;
   if (err == cudaSuccess && event == nullptr) err = cudaErrorMemoryAllocation;
   if (err == cudaSuccess) err = cudaEventRecord(event, copy_);
@@ -133,6 +138,40 @@ CopyTicket CudaDevice::StartCopy(std::byte* dst, const std::byte* src, uint64_t 
   }
   in_flight_.push_back(InFlight{id, bytes, event});
   return CopyTicket{id};
+}
+
+bool CudaDevice::IsPageable(const std::byte* src) {
+  cudaPointerAttributes attributes{};
+  if (cudaPointerGetAttributes(&attributes, src) != cudaSuccess) {
+    cudaGetLastError();
+    return false;  // let cudaMemcpyAsync report what is wrong with the pointer
+  }
+  return attributes.type == cudaMemoryTypeUnregistered;
+}
+
+int CudaDevice::StagedCopyLocked(std::byte* dst, const std::byte* src, uint64_t bytes) {
+  if (staging_ == nullptr) {
+    staging_pool_ = std::make_unique<cpu::ThreadPool>(0);
+    auto staging = StagingCopier::Create(copy_, kStagingChunkBytes, kStagingSlots,
+                                         staging_pool_.get());
+    if (!staging.ok()) {
+      MOE_LOG(kWarning, "{}: no pinned staging ring ({}); pageable copies go direct (slower)",
+              name_, std::string(staging.status().message()));
+      staging_failed_ = true;
+    } else {
+      staging_ = *std::move(staging);
+      MOE_LOG(kInfo,
+              "{}: copies from pageable host memory go through a pinned staging ring ({} x {} "
+              "MiB)",
+              name_, kStagingSlots, kStagingChunkBytes >> 20);
+    }
+  }
+  if (staging_failed_) return cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, copy_);
+  // A failed staging step leaves its CUDA error for the caller's copy record (WaitCopy reports
+  // it with the copy's number and size).
+  if (staging_->Copy(dst, src, bytes).ok()) return cudaSuccess;
+  const cudaError_t err = cudaGetLastError();
+  return err == cudaSuccess ? cudaErrorUnknown : err;
 }
 
 void CudaDevice::RetireLocked(uint64_t block_until) const {

@@ -14,10 +14,13 @@
 // stream wait for the copy on the GPU, without blocking the host (what an overlapped forward
 // uses: each expert's GEMMs wait only for that expert's copy).
 //
-// Host memory: copies from pageable memory are correct but slow and not asynchronous with
-// respect to the host; PinnedHostBuffer (cudaHostAlloc) and RegisterHost (cudaHostRegister of an
-// existing range, e.g. a mapped checkpoint) give pinned memory. RegisterHost failing is not fatal
-// for a caller that can fall back to pageable copies: it returns the CUDA error as a status.
+// Host memory: PinnedHostBuffer (cudaHostAlloc) and RegisterHost (cudaHostRegister of an
+// existing range, e.g. a mapped checkpoint) give pinned memory, which the copy engine reads
+// directly. A copy from pageable memory (pinning refused, or never asked for) goes through a
+// ring of pinned staging buffers (runtime/cuda/staging_copier.h, created at the first such copy
+// and logged once): host threads fill the ring while the link drains it, near the pinned rate
+// instead of the driver's ~15%, but CopyToDeviceAsync then returns only once the bytes are
+// staged. RegisterHost failing is not fatal: it returns the CUDA error as a status.
 //
 // Errors: a copy whose cudaMemcpyAsync fails at issue, or whose event reports an error, fails
 // its WaitCopy with Internal naming the copy number, its bytes and the CUDA error; the device
@@ -46,7 +49,13 @@
 struct CUstream_st;
 struct CUevent_st;
 
+namespace moe::cpu {
+class ThreadPool;
+}
+
 namespace moe::cuda {
+
+class StagingCopier;
 
 struct CudaDeviceOptions {
   int32_t index = 0;            // CUDA device ordinal
@@ -103,12 +112,23 @@ class CudaDevice final : public Device {
   // waits for that copy's event. Caller holds mu_.
   void RetireLocked(uint64_t block_until) const;
   CUevent_st* TakeEventLocked() const;
+  // True for pageable host memory (not registered, not from cudaHostAlloc, not device memory).
+  static bool IsPageable(const std::byte* src);
+  // Copies through the staging ring (created at first use); the copy stream orders it. Returns
+  // the cudaError_t value (an int here: the header has no CUDA includes).
+  int StagedCopyLocked(std::byte* dst, const std::byte* src, uint64_t bytes);
   absl::Status StatusOfLocked(uint64_t id) const;
 
   const int32_t index_;
   const std::string name_;
   CUstream_st* const compute_;
   CUstream_st* const copy_;
+
+  static constexpr uint64_t kStagingChunkBytes = 16 << 20;
+  static constexpr int32_t kStagingSlots = 4;
+  std::unique_ptr<cpu::ThreadPool> staging_pool_;
+  std::unique_ptr<StagingCopier> staging_;
+  bool staging_failed_ = false;
 
   mutable std::mutex mu_;
   uint64_t next_id_ = 1;

@@ -381,7 +381,7 @@ absl::Status CudaForwardOps::CopyToHost(float* host, const float* src, int64_t c
 
 // ---- pinned expert bytes ---------------------------------------------------------------------
 
-absl::Status PinnedExpertBytes::Pin(CudaDevice& device, const Checkpoint& checkpoint) {
+absl::Status PinnedCheckpoint::Pin(CudaDevice& device, const Checkpoint& checkpoint) {
   device_ = &device;
   const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
   for (const auto& file : checkpoint.files()) {
@@ -422,7 +422,7 @@ absl::Status PinnedExpertBytes::Pin(CudaDevice& device, const Checkpoint& checkp
   return absl::OkStatus();
 }
 
-PinnedExpertBytes::~PinnedExpertBytes() {
+PinnedCheckpoint::~PinnedCheckpoint() {
   if (ranges_.empty()) return;
   PinRegistry& pins = Pins();
   std::lock_guard lock(pins.mu);

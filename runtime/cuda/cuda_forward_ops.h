@@ -123,15 +123,15 @@ class CudaForwardOps final : public ForwardOps {
 // page-aligned range spanning its whole data section (a copy whose source straddles the edge of
 // a registered range is refused by CUDA, so every tensor is wholly inside one). Pins are counted
 // process-wide, so engines sharing a model register a range once and the last one unpins it.
-// Pinned memory makes expert copies truly asynchronous and about twice as fast; refused pinning
-// (mapped files the driver will not lock, RLIMIT_MEMLOCK) is not fatal: copies from pageable
-// memory are correct, only slower.
-class PinnedExpertBytes {
+// Pinned memory makes expert copies truly asynchronous DMA; refused pinning (mapped files the
+// driver will not lock, RLIMIT_MEMLOCK) is not fatal: CudaDevice then copies through its pinned
+// staging ring (the host stages each copy before it returns).
+class PinnedCheckpoint {
  public:
-  PinnedExpertBytes() = default;
-  PinnedExpertBytes(const PinnedExpertBytes&) = delete;
-  PinnedExpertBytes& operator=(const PinnedExpertBytes&) = delete;
-  ~PinnedExpertBytes();  // unpins what Pin pinned
+  PinnedCheckpoint() = default;
+  PinnedCheckpoint(const PinnedCheckpoint&) = delete;
+  PinnedCheckpoint& operator=(const PinnedCheckpoint&) = delete;
+  ~PinnedCheckpoint();  // unpins what Pin pinned
 
   // Stops at the first refusal and returns its status; ranges pinned before it stay pinned.
   absl::Status Pin(CudaDevice& device, const Checkpoint& checkpoint);

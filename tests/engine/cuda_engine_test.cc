@@ -478,6 +478,30 @@ TEST_P(CudaEngineTest, LogitsRoutingAndCacheStatisticsMatchTheCpu) {
   }
 }
 
+TEST_P(CudaEngineTest, UnpinnedCheckpointCopiesThroughTheStagingRingWithTheSameTokens) {
+  SKIP_WITHOUT_GPU();
+  const ModelCase& mc = GetParam();
+  if (!mc.f32) GTEST_SKIP() << "bf16 tokens may differ from the CPU's by design";
+  auto model = LoadModel(mc.model);
+  ASSERT_NE(model, nullptr);
+  EngineOptions unpinned = Options(*model, "cuda", "gate");
+  unpinned.pin_host_experts = false;
+  auto cpu_engine = Engine::Create(model, Options(*model, "cpu", "gate"));
+  auto gpu_engine = Engine::Create(model, unpinned);
+  ASSERT_TRUE(cpu_engine.ok()) << cpu_engine.status();
+  ASSERT_TRUE(gpu_engine.ok()) << gpu_engine.status();
+  GenerateOptions g;
+  g.max_tokens = 12;
+  const std::vector<int32_t> prompt = {17, 250, 3, 999, 42, 7, 7, 81};
+  auto cpu_tokens = Generate(**cpu_engine, 0, prompt, g);
+  auto gpu_tokens = Generate(**gpu_engine, 0, prompt, g);
+  ASSERT_TRUE(cpu_tokens.ok() && gpu_tokens.ok());
+  EXPECT_EQ(gpu_tokens->tokens, cpu_tokens->tokens);
+  EXPECT_EQ((*gpu_engine)->stats().pinned_host_bytes, 0u);
+  EXPECT_EQ((*gpu_engine)->stats().failed_copies, 0u);
+  EXPECT_EQ((*gpu_engine)->stats().cache.misses, (*cpu_engine)->stats().cache.misses);
+}
+
 TEST_P(CudaEngineTest, GreedyGenerationMatchesTheCpu) {
   SKIP_WITHOUT_GPU();
   const ModelCase& mc = GetParam();

@@ -95,6 +95,18 @@ TEST_F(CudaDeviceTest, AsyncCopiesFromPinnedAndPageableMemoryLandInOrder) {
   EXPECT_EQ(c.failed_copies, 0u);
 }
 
+TEST_F(CudaDeviceTest, LargePageableCopiesGoThroughTheStagingRingIntact) {
+  // 100 MiB + 3 bytes: several 16 MiB staging chunks, more than the ring holds, a ragged end.
+  const uint64_t bytes = (uint64_t{100} << 20) + 3;
+  const auto src = Pattern(bytes, 9);
+  auto dst = device_->Allocate(bytes, "dst");
+  ASSERT_TRUE(dst.ok());
+  const CopyTicket t = device_->CopyToDeviceAsync(dst->data(), src.data(), bytes);
+  ASSERT_TRUE(device_->WaitCopy(t).ok());
+  EXPECT_EQ(ReadBack(*dst), src);
+  EXPECT_EQ(device_->counters().bytes_to_device, bytes);
+}
+
 TEST_F(CudaDeviceTest, ComputeStreamWaitsForTheCopyWithoutBlockingTheHost) {
   constexpr uint64_t kBytes = 64 << 20;
   auto pinned = PinnedHostBuffer::Allocate(kBytes, "src");
