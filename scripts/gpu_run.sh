@@ -19,7 +19,8 @@
 # Environment for `run`: MOE_GPU_SKIP_SANITIZER=1 skips compute-sanitizer, MOE_GPU_BENCH="..."
 # picks moe-cuda-bench sections (default: all), MOE_GPU_BENCH_FLAGS adds flags to it,
 # MOE_GPU_QUICK=1 shortens it, MOE_GPU_HF=0 skips the Hugging Face baseline and
-# MOE_GPU_HF_FLAGS passes flags to it (scripts/bench/hf_offload_baseline.py --help).
+# MOE_GPU_HF_FLAGS passes flags to it (scripts/bench/hf_offload_baseline.py --help),
+# MOE_GPU_ENGINE_LAYERS=N also runs the engine (moe-run) on an N-layer Mixtral-shaped checkpoint.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -30,7 +31,8 @@ stage() {
   cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DMOE_WITH_CUDA=ON \
     -DMOE_CUDA_ARCHITECTURES=90 -DMOE_BUILD_BENCHMARKS=OFF >/dev/null
   local wanted=(cuda_devices_test cuda_device_test staging_copier_test cuda_kernels_test
-                cuda_engine_test moe-devices moe-cuda-bench moe-replay moe-run) targets=()
+                cuda_engine_test moe-devices moe-cuda-bench moe-replay moe-run moe-make-model)
+  local targets=()
   local known
   known="$(cmake --build "$build" --target help)"
   for t in "${wanted[@]}"; do
@@ -108,6 +110,23 @@ run() {
         >"$out/moe-run-$dev.log" 2>&1 || failed=1
       echo "moe-run --device $dev: $(grep -E 'tokens/s' "$out/moe-run-$dev.log" | head -2 | tr '\n' ' ')"
     done
+  fi
+  # The engine on a Mixtral-8x7B-shaped checkpoint of MOE_GPU_ENGINE_LAYERS layers (synthetic
+  # weights, the synthetic router's routing), CPU beside CUDA at several expert budgets.
+  local layers="${MOE_GPU_ENGINE_LAYERS:-0}"
+  if [[ "$layers" -gt 0 && -x "$bin/moe-make-model" ]]; then
+    local ckpt=/tmp/moe-mixtral-shaped
+    "$bin/moe-make-model" --out "$ckpt" --hidden 4096 --intermediate 14336 --layers "$layers" \
+      --heads 32 --kv-heads 8 --experts 8 --top-k 2 --dtype bf16 --vocab 32000 \
+      --max-shard-size 4GB >/dev/null
+    for run in "cpu all" "cuda all" "cuda 50%" "cuda 25%"; do
+      set -- $run
+      "$bin/moe-run" --model "$ckpt" --device "$1" --expert-budget "$2" --max-tokens 16 \
+        --prompt-ids 1,2,3,4,5,6,7,8 >"$out/engine-$1-${2%\%}.log" 2>&1 || failed=1
+      echo "engine ${layers}-layer Mixtral shape, $1, budget $2: $(grep -E '^decode|hit rate' \
+        "$out/engine-$1-${2%\%}.log" | tr -s ' ' | tr '\n' ' ')"
+    done
+    rm -rf "$ckpt"
   fi
   if [[ -x "$bin/moe-cuda-bench" ]]; then
     local quick=()
