@@ -221,6 +221,7 @@ moe_context_params moe_context_default_params(void) {
   p.predictor_file = nullptr;
   p.prefetch_depth = 1;
   p.prefetch_budget = 0;
+  p.force_routing_trace = nullptr;
   return p;
 }
 
@@ -261,6 +262,11 @@ moe_status moe_context_create(moe_model* model, const moe_context_params* params
   options.predictor_file = p.predictor_file == nullptr ? "" : p.predictor_file;
   options.prefetch.depth = p.prefetch_depth;
   options.prefetch.budget = p.prefetch_budget;
+  if (p.force_routing_trace != nullptr && p.force_routing_trace[0] != '\0') {
+    auto trace = moe::ReadTrace(p.force_routing_trace);
+    if (!trace.ok()) return FromStatus(trace.status());
+    options.forced_routing = std::make_shared<const moe::RoutingTrace>(*std::move(trace));
+  }
   auto engine = moe::Engine::Create(model->model, options);
   if (!engine.ok()) return FromStatus(engine.status());
   *context_out = new (std::nothrow) moe_context{*std::move(engine)};

@@ -160,6 +160,21 @@ struct Engine::Impl {
   std::vector<int32_t> token_ids;  // of the step's tokens
   std::vector<int64_t> positions;
   HostRouting route;  // the current MoE layer's routing, on the host
+  // Benchmark mode (EngineOptions::forced_routing): the trace, the trace token of each of the
+  // step's tokens, and one layer's forced ids [n, K].
+  std::shared_ptr<const RoutingTrace> forced;
+  int64_t forced_next = 0;  // trace token of the next token processed (before the modulo)
+  std::vector<int64_t> forced_tokens;
+  std::vector<int32_t> forced_ids;
+  const int32_t* ForcedIds(int32_t layer, int64_t n) {
+    const int32_t trace_layer = layer % forced->header.num_layers;
+    const int64_t K = cfg->top_k;
+    for (int64_t t = 0; t < n; ++t) {
+      const std::span<const uint16_t> e = forced->Experts(forced_tokens[t], trace_layer);
+      for (int64_t j = 0; j < K; ++j) forced_ids[t * K + j] = e[j];
+    }
+    return forced_ids.data();
+  }
 
   // The math of the forward on this device (declared last: destroyed first, while the device and
   // the buffers it works on still exist), and the device memory it needs beyond the activations.
@@ -294,6 +309,26 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Mod
     return InvalidArgument(
         "eviction policy 'predictive' ranks experts by a predictor's guesses: choose a predictor "
         "(gate, frequency, transition, recency or combined)");
+  }
+  if (options.forced_routing != nullptr) {
+    const RoutingTrace& t = *options.forced_routing;
+    if (t.num_tokens() == 0 || t.header.num_layers < 1) {
+      return InvalidArgument("forced routing: the trace has no tokens or no layers");
+    }
+    if (t.header.top_k != cfg.top_k) {
+      return InvalidArgument("forced routing: the trace has top-k {}, the model {}",
+                             t.header.top_k, cfg.top_k);
+    }
+    if (t.header.num_experts > cfg.num_experts) {
+      return InvalidArgument("forced routing: the trace has {} experts per layer, the model {}",
+                             t.header.num_experts, cfg.num_experts);
+    }
+    MOE_RETURN_IF_ERROR_CTX(t.Validate(), "forced routing");
+    MOE_LOG(kWarning,
+            "benchmark mode: routing forced from the trace '{}' ({} tokens x {} layers); outputs "
+            "are meaningless",
+            t.header.model, t.num_tokens(), t.header.num_layers);
+    m.forced = options.forced_routing;
   }
   MOE_RETURN_IF_ERROR(m.CreatePredictor(options, space));
   if (m.predictor != nullptr && options.policy == "predictive") {
@@ -531,7 +566,7 @@ absl::Status Engine::Impl::MoeBlock(int32_t layer, int64_t n) {
   MOE_RETURN_IF_ERROR(ops->Linear(xn, n, lw.router, router));
   // The routing comes back to the host: the cache, tracer and predictor work there.
   MOE_RETURN_IF_ERROR(ops->Route(router, n, E, K, c.norm_topk_prob, ids, weights_k, &route));
-  const int32_t* const host_ids = route.ids;
+  const int32_t* const host_ids = forced != nullptr ? ForcedIds(layer, n) : route.ids;
   if (tracer != nullptr) {
     tracer->RecordLayer(layer, {host_ids, static_cast<size_t>(n * K)},
                         {route.weights, static_cast<size_t>(n * K)});
@@ -713,6 +748,11 @@ absl::Status Engine::Impl::RunStep(std::span<const StepToken> tokens, bool all_l
   for (int64_t i = 0; i < n; ++i) {
     token_ids[i] = tokens[i].id;
     positions[i] = tokens[i].position;
+  }
+  if (forced != nullptr) {
+    forced_tokens.resize(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) forced_tokens[i] = forced_next++ % forced->num_tokens();
+    forced_ids.resize(static_cast<size_t>(n * c.top_k));
   }
   const float eps = static_cast<float>(c.rms_norm_eps);
   MOE_RETURN_IF_ERROR(ops->BeginStep(token_ids, positions));

@@ -67,6 +67,14 @@ struct EngineOptions {
   // Expert copies issued to the device's copy stream at a time (the rest wait in the priority
   // queue, where demand overtakes prefetches); >= 1.
   int32_t copy_window = 2;
+  // Benchmark mode, never on by default: the experts each token runs are taken from this
+  // routing trace instead of the router (the router still runs; its top-k weights still scale
+  // the experts' outputs). The n-th token the engine processes (prefill or decode, any sequence)
+  // takes trace token n mod T, and MoE layer l trace layer l mod the trace's layers. The cache,
+  // copies, predictors and tracer see the forced routing, so a synthetic-weight model of a real
+  // model's shapes meets real routing patterns; its outputs are meaningless. InvalidArgument
+  // when the trace's top-k differs from the model's or it names experts the model lacks.
+  std::shared_ptr<const RoutingTrace> forced_routing;
   // "cpu" (default): CPU kernels, the device a budgeted host arena.
   // "cuda": the whole forward on GPU 0 (runtime/cuda/cuda_forward_ops.h): weights, activations,
   // KV cache and expert slots in GPU memory, expert copies on a copy stream that compute waits

@@ -112,18 +112,21 @@ run() {
     done
   fi
   # The engine on a Mixtral-8x7B-shaped checkpoint of MOE_GPU_ENGINE_LAYERS layers (synthetic
-  # weights, the synthetic router's routing), CPU beside CUDA at several expert budgets.
+  # weights; routing forced from the real Mixtral trace, the engine's benchmark mode), CPU beside
+  # CUDA; 27% is 24 GB of the full model's 90 GB of experts.
   local layers="${MOE_GPU_ENGINE_LAYERS:-0}"
   if [[ "$layers" -gt 0 && -x "$bin/moe-make-model" ]]; then
-    local ckpt=/tmp/moe-mixtral-shaped
+    local ckpt=/tmp/moe-mixtral-shaped force=()
+    [[ -d "$stage_dir/data/mixtral-trace" ]] && force=(--force-routing "$stage_dir/data/mixtral-trace")
     "$bin/moe-make-model" --out "$ckpt" --hidden 4096 --intermediate 14336 --layers "$layers" \
       --heads 32 --kv-heads 8 --experts 8 --top-k 2 --dtype bf16 --vocab 32000 \
       --max-shard-size 4GB >/dev/null
-    for run in "cpu all" "cuda all" "cuda 50%" "cuda 25%"; do
+    for run in "cpu all" "cuda all" "cuda 27%"; do
       set -- $run
-      "$bin/moe-run" --model "$ckpt" --device "$1" --expert-budget "$2" --max-tokens 16 \
-        --prompt-ids 1,2,3,4,5,6,7,8 >"$out/engine-$1-${2%\%}.log" 2>&1 || failed=1
-      echo "engine ${layers}-layer Mixtral shape, $1, budget $2: $(grep -E '^decode|hit rate' \
+      "$bin/moe-run" --model "$ckpt" --device "$1" --expert-budget "$2" \
+        --max-tokens "${MOE_GPU_ENGINE_TOKENS:-32}" --prompt-ids 1,2,3,4,5,6,7,8 "${force[@]}" \
+        >"$out/engine-$1-${2%\%}.log" 2>&1 || failed=1
+      echo "engine ${layers}-layer Mixtral shape, $1, budget $2: $(grep -E '^decode|hit rate|^bytes' \
         "$out/engine-$1-${2%\%}.log" | tr -s ' ' | tr '\n' ' ')"
     done
     rm -rf "$ckpt"

@@ -36,9 +36,9 @@ extern "C" {
 #endif
 
 #define MOE_VERSION_MAJOR 0
-#define MOE_VERSION_MINOR 2
+#define MOE_VERSION_MINOR 3
 #define MOE_VERSION_PATCH 0
-#define MOE_VERSION_STRING "0.2.0"
+#define MOE_VERSION_STRING "0.3.0"
 
 typedef enum moe_status {
   MOE_OK = 0,
@@ -140,6 +140,11 @@ typedef struct moe_context_params {
   const char* predictor_file;
   int32_t prefetch_depth;  /* layers ahead to prefetch with a predictor; default 1 */
   int32_t prefetch_budget; /* experts prefetched per predicted layer; 0 (default): top-k */
+  /* Benchmark mode, never on by default: a routing trace (trace file or dense folder) whose
+   * routing replaces the router's (token n processed takes trace token n mod T; layer l, trace
+   * layer l mod its layers), so synthetic weights of a real model's shapes meet real routing.
+   * Outputs are then meaningless. NULL or "" (default): the router decides. */
+  const char* force_routing_trace;
 } moe_context_params;
 MOE_API moe_context_params moe_context_default_params(void);
 

@@ -8,6 +8,7 @@
 #include "gtest/gtest.h"
 #include "predictor/learned_predictor.h"
 #include "predictor/predictor.h"
+#include "predictor/synthetic_trace.h"
 #include "runtime/engine.h"
 #include "runtime/generate.h"
 #include "runtime/model.h"
@@ -600,6 +601,60 @@ TEST(Engine, BadPredictorOptionsAreClearErrors) {
   e = Engine::Create(TinyModel(), options);
   ASSERT_FALSE(e.ok());
   EXPECT_THAT(std::string(e.status().message()), HasSubstr("/nonexistent/tables.safetensors"));
+}
+
+TEST(Engine, ForcedRoutingRunsTheTracesExpertsTokenByTokenAndWraps) {
+  // A 2-layer, 5-token trace for the 4-layer tiny model: layer l takes trace layer l mod 2, and
+  // the 8 tokens processed take trace tokens 0..4, 0..2.
+  SyntheticTraceOptions so;
+  so.num_layers = 2;
+  so.num_experts = 8;
+  so.top_k = 2;
+  so.num_sequences = 1;
+  so.min_tokens = so.max_tokens = 5;
+  auto forced = GenerateSyntheticTrace(so);
+  ASSERT_TRUE(forced.ok()) << forced.status();
+  EngineOptions options;
+  options.expert_budget_bytes = TinyModel()->weights.expert_bytes * 8;
+  options.forced_routing = std::make_shared<const RoutingTrace>(*forced);
+  auto engine = MakeEngine(options);
+  ASSERT_NE(engine, nullptr);
+  engine->StartTrace();
+  const std::vector<int32_t> prompt = Prompt(6, 1);
+  std::vector<float> logits(static_cast<size_t>(TinyModel()->config.vocab_size));
+  const SequenceTokens entry{0, prompt};
+  ASSERT_TRUE(engine->Evaluate({&entry, 1}, false, logits).ok());  // tokens 0..5 (one chunk)
+  for (int32_t next : {7, 9}) {                                      // tokens 6, 7 (decode)
+    const std::vector<int32_t> one = {next};
+    const SequenceTokens e{0, one};
+    ASSERT_TRUE(engine->Evaluate({&e, 1}, false, logits).ok());
+  }
+  auto recorded = engine->StopTrace();
+  ASSERT_TRUE(recorded.ok()) << recorded.status();
+  ASSERT_EQ(recorded->num_tokens(), 8);
+  for (int64_t t = 0; t < 8; ++t) {
+    for (int32_t l = 0; l < 4; ++l) {
+      const auto got = recorded->Experts(t, l);
+      const auto want = forced->Experts(t % 5, l % 2);
+      EXPECT_EQ(std::vector<uint16_t>(got.begin(), got.end()),
+                std::vector<uint16_t>(want.begin(), want.end()))
+          << "token " << t << " layer " << l;
+    }
+  }
+  EXPECT_EQ(engine->stats().cache.accesses > 0, true);
+
+  // Traces that do not fit the model are clear errors.
+  so.top_k = 3;
+  options.forced_routing = std::make_shared<const RoutingTrace>(*GenerateSyntheticTrace(so));
+  auto bad = Engine::Create(TinyModel(), options);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("top-k 3"));
+  so.top_k = 2;
+  so.num_experts = 16;
+  options.forced_routing = std::make_shared<const RoutingTrace>(*GenerateSyntheticTrace(so));
+  bad = Engine::Create(TinyModel(), options);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("16 experts per layer"));
 }
 
 TEST(Engine, LearnedPredictorNeedsWeightsForTheModelsHiddenSize) {

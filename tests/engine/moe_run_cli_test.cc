@@ -175,6 +175,22 @@ TEST_F(MoeRunTest, LearnedPredictorRunsOnTheDemoModelWithItsOwnWeights) {
                      "num_layers is 8 in the file, 4");
 }
 
+TEST_F(MoeRunTest, ForcedRoutingIsABenchmarkModeWithClearErrors) {
+  const std::string tiny = kGolden + "mixtral-tiny-f32";
+  const std::string mixtral =
+      std::string(MOE_SOURCE_DIR) + "/../shared/data/routing-traces/mixtral-8x7b-humaneval-gsm8k";
+  if (std::filesystem::exists(mixtral)) {
+    const CommandResult r = RunTool("moe-run --model " + tiny +
+                                    " --prompt-ids 5,6,7 --max-tokens 4 --expert-budget 25% "
+                                    "--force-routing " + mixtral);
+    ASSERT_EQ(r.exit_code, 0) << r.errors;
+    EXPECT_THAT(r.errors, HasSubstr("benchmark mode: routing forced"));
+  }
+  ExpectOneErrorLine(RunTool("moe-run --model " + tiny +
+                             " --prompt-ids 5,6 --force-routing /no/such/trace"),
+                     "/no/such/trace");
+}
+
 TEST_F(MoeRunTest, TokenIdsWorkWithoutATokenizerAndTextDoesNot) {
   const std::string qwen = kGolden + "qwen2moe-tiny-f32";
   CommandResult r = RunTool("moe-run --model " + qwen + " --prompt-ids 5,6,7 --max-tokens 4");

@@ -110,7 +110,7 @@ int32_t OnToken(int32_t token, void* user) {
 int Main(int argc, char** argv) {
   std::string model_dir, prompt, prompt_ids, prompt_file,
       budget_text = "all", policy = "lru", scope = "global", trace_out, device = "cpu",
-      predictor = "none", predictor_file;
+      predictor = "none", predictor_file, force_routing;
   int64_t prefetch_depth = 1, prefetch_budget = 0;
   int64_t max_tokens = 32, top_k = 0, seed = 0, threads = 0, prefill_chunk = 256;
   int64_t max_context = 0;
@@ -144,6 +144,10 @@ int Main(int argc, char** argv) {
                   "learned predictor tables (moe-replay --predictor-out) or weights ('learned': "
                   "default MODEL/learned_predictor.safetensors)");
   flags.AddInt("prefetch-depth", &prefetch_depth, "layers ahead to prefetch with a predictor");
+  flags.AddString("force-routing", &force_routing,
+                  "benchmark mode: take each token's experts from this routing trace instead of "
+                  "the router (for synthetic weights of a real model's shapes; the text is then "
+                  "meaningless)");
   flags.AddInt("prefetch-budget", &prefetch_budget,
                "experts prefetched per predicted layer (0: top-k)");
   flags.AddDouble("temperature", &temperature, "sampling temperature (0: greedy)");
@@ -239,6 +243,7 @@ int Main(int argc, char** argv) {
   cp.predictor_file = predictor_file.c_str();
   cp.prefetch_depth = static_cast<int32_t>(prefetch_depth);
   cp.prefetch_budget = static_cast<int32_t>(prefetch_budget);
+  cp.force_routing_trace = force_routing.c_str();
   moe_context* ctx = nullptr;
   s = moe_context_create(model, &cp, &ctx);
   if (s != MOE_OK) {
