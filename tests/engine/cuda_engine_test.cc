@@ -39,6 +39,7 @@
 #include "runtime/generate.h"
 #include "runtime/model.h"
 #include "runtime/safetensors.h"
+#include "tests/engine/golden_util.h"
 
 namespace moe {
 namespace {
@@ -78,26 +79,8 @@ std::shared_ptr<const Model> LoadModel(const std::string& name) {
   return m.ok() ? *m : nullptr;
 }
 
-template <typename T>
-std::vector<T> Read(const SafetensorsFile& f, const std::string& name) {
-  const TensorInfo* info = f.Find(name);
-  EXPECT_NE(info, nullptr) << name;
-  if (info == nullptr) return {};
-  const auto bytes = f.Data(*info);
-  std::vector<T> out(bytes.size() / sizeof(T));
-  std::memcpy(out.data(), bytes.data(), bytes.size());
-  return out;
-}
-
-// max |a - b| / max |ref|.
-double RelativeError(std::span<const float> got, std::span<const float> ref) {
-  double diff = 0, scale = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    diff = std::max(diff, std::abs(double(got[i]) - double(ref[i])));
-    scale = std::max(scale, std::abs(double(ref[i])));
-  }
-  return diff / scale;
-}
+using testing_golden::Read;
+using testing_golden::RelativeError;
 
 double MaxAbs(std::span<const float> v) {
   double m = 0;

@@ -13,6 +13,7 @@
 #include "runtime/engine.h"
 #include "runtime/model.h"
 #include "runtime/safetensors.h"
+#include "tests/engine/golden_util.h"
 
 namespace moe {
 namespace {
@@ -21,26 +22,8 @@ std::string GoldenDir(const std::string& name) {
   return std::string(MOE_SOURCE_DIR) + "/tests/data/golden/" + name;
 }
 
-template <typename T>
-std::vector<T> Read(const SafetensorsFile& f, const std::string& name) {
-  const TensorInfo* info = f.Find(name);
-  EXPECT_NE(info, nullptr) << name;
-  if (info == nullptr) return {};
-  const auto bytes = f.Data(*info);
-  std::vector<T> out(bytes.size() / sizeof(T));
-  std::memcpy(out.data(), bytes.data(), bytes.size());
-  return out;
-}
-
-// max |a - b| / max |ref|: the error relative to the logits' scale.
-double RelativeError(std::span<const float> got, std::span<const float> ref) {
-  double diff = 0, scale = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    diff = std::max(diff, std::abs(double(got[i]) - double(ref[i])));
-    scale = std::max(scale, std::abs(double(ref[i])));
-  }
-  return diff / scale;
-}
+using testing_golden::Read;
+using testing_golden::RelativeError;
 
 struct GoldenCase {
   std::string model;
