@@ -160,6 +160,7 @@ struct Engine::Impl {
   std::vector<int32_t> token_ids;  // of the step's tokens
   std::vector<int64_t> positions;
   HostRouting route;  // the current MoE layer's routing, on the host
+  const int32_t* layer_ids = nullptr;  // the experts the current MoE layer runs [n, K] (host)
   // Benchmark mode (EngineOptions::forced_routing): the trace, the trace token of each of the
   // step's tokens, and one layer's forced ids [n, K].
   std::shared_ptr<const RoutingTrace> forced;
@@ -566,7 +567,10 @@ absl::Status Engine::Impl::MoeBlock(int32_t layer, int64_t n) {
   MOE_RETURN_IF_ERROR(ops->Linear(xn, n, lw.router, router));
   // The routing comes back to the host: the cache, tracer and predictor work there.
   MOE_RETURN_IF_ERROR(ops->Route(router, n, E, K, c.norm_topk_prob, ids, weights_k, &route));
-  const int32_t* const host_ids = forced != nullptr ? ForcedIds(layer, n) : route.ids;
+  // The experts the layer runs: the router's, or the trace's in benchmark mode. The cache, the
+  // tracer, the predictor and the recall all see these.
+  layer_ids = forced != nullptr ? ForcedIds(layer, n) : route.ids;
+  const int32_t* const host_ids = layer_ids;
   if (tracer != nullptr) {
     tracer->RecordLayer(layer, {host_ids, static_cast<size_t>(n * K)},
                         {route.weights, static_cast<size_t>(n * K)});
@@ -678,7 +682,7 @@ absl::Status Engine::Impl::PlanPrefetches(int32_t layer, int64_t n, PhaseStats& 
     MOE_ASSIGN_OR_RETURN(hx, ops->HostView(x, n * H));
   }
   for (int64_t t = 0; t < n; ++t) {
-    for (int64_t j = 0; j < K; ++j) token_experts[j] = static_cast<uint16_t>(route.ids[t * K + j]);
+    for (int64_t j = 0; j < K; ++j) token_experts[j] = static_cast<uint16_t>(layer_ids[t * K + j]);
     planner->AfterRouting(
         *cache, step_requests[t], layer, token_experts,
         hidden ? std::span<const float>(hx + t * H, static_cast<size_t>(H))
@@ -712,7 +716,7 @@ void Engine::Impl::MeasureRecall(int32_t layer, int64_t n) {
     SanitizeProbabilities(predicted);  // the planner reports garbage; here it only must not rank
     const int32_t top = TopExpertIds(predicted, r.budget, predicted_order);
     for (int64_t j = 0; j < K; ++j) {
-      const int32_t chosen = route.ids[t * K + j];
+      const int32_t chosen = layer_ids[t * K + j];
       for (int32_t i = 0; i < top; ++i) {
         if (predicted_order[i] == chosen) {
           ++r.found[layer];

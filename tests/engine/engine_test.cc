@@ -643,6 +643,35 @@ TEST(Engine, ForcedRoutingRunsTheTracesExpertsTokenByTokenAndWraps) {
   }
   EXPECT_EQ(engine->stats().cache.accesses > 0, true);
 
+  // The predictor observes the forced experts, not the router's: every token forced to {0, 1}
+  // makes a frequency predictor's top-2 exactly {0, 1} once it has seen a token.
+  RoutingTrace constant;
+  constant.header.model = "constant";
+  constant.header.num_layers = 1;
+  constant.header.num_experts = 8;
+  constant.header.top_k = 2;
+  constant.header.moe_layer_ids = {0};
+  constant.experts = {0, 1};
+  constant.phases = {Phase::kDecode};
+  constant.sequences = {TraceSequence{0, 1, "constant"}};
+  EngineOptions predicted = options;
+  predicted.forced_routing = std::make_shared<const RoutingTrace>(constant);
+  predicted.predictor = "frequency";
+  predicted.prefill_chunk = 1;
+  auto with_predictor = MakeEngine(predicted);
+  ASSERT_NE(with_predictor, nullptr);
+  const std::vector<int32_t> twelve = Prompt(12, 2);
+  const SequenceTokens run{0, twelve};
+  const absl::Status evaluated = with_predictor->Evaluate({&run, 1}, false, logits);
+  ASSERT_TRUE(evaluated.ok()) << evaluated;
+  const PredictionRecall& recall = with_predictor->stats().recall;
+  ASSERT_EQ(recall.found.size(), 4u);
+  for (size_t l = 1; l < recall.found.size(); ++l) {
+    EXPECT_GT(recall.chosen[l], 0u);
+    // Every guess right but the first token's (the predictor has not seen a token yet).
+    EXPECT_GE(recall.found[l] + 2, recall.chosen[l]) << "layer " << l;
+  }
+
   // Traces that do not fit the model are clear errors.
   so.top_k = 3;
   options.forced_routing = std::make_shared<const RoutingTrace>(*GenerateSyntheticTrace(so));
