@@ -61,6 +61,9 @@ class LearnedPredictor final : public Predictor {
   bool has_weights() const { return weights_.input_size > 0; }
   int64_t input_size() const { return weights_.input_size; }
   int64_t hidden_size() const override { return weights_.input_size; }
+  int32_t token_state_layer() const override {
+    return has_weights() ? weights_.source_layer : -1;
+  }
   int32_t source_layer() const { return weights_.source_layer; }
   uint64_t ignored_hidden_states() const { return ignored_hidden_; }
 

@@ -93,6 +93,11 @@ class Predictor {
   // For predictors that read hidden states: the hidden size they were built or trained for
   // (the engine refuses a model of another size); 0 when any size works.
   virtual int64_t hidden_size() const { return 0; }
+  // The layer whose hidden state the predictor reads once per token and keeps for the token's
+  // later layers ("learned": its source layer); -1 when it reads only the latest one. In a
+  // prefill chunk the engine hands it each token's own state of that layer again before that
+  // token's later predictions (tokens of a chunk share the sequence's state).
+  virtual int32_t token_state_layer() const { return -1; }
 
   // Learns tables (or fits weights) from a trace whose shape matches the options; the default
   // does nothing. InvalidArgument on a shape mismatch, naming both shapes.

@@ -38,12 +38,17 @@ class PrefetchPlanner {
   // `scores` may be null. The predictor and scores must outlive the planner.
   PrefetchPlanner(Predictor& predictor, ExpertScores* scores, const PrefetchOptions& options);
 
+  // `token_state` (engine, prefill chunks): the token's own hidden state at
+  // predictor.token_state_layer(), observed again after `hidden` when that layer is earlier.
   template <typename Admit, typename OnPrefetch>
   void AfterRouting(ExpertCache& cache, int64_t seq, int32_t layer,
                     std::span<const uint16_t> experts, std::span<const float> hidden, Admit&& admit,
-                    OnPrefetch&& on_prefetch) {
+                    OnPrefetch&& on_prefetch, std::span<const float> token_state = {}) {
     predictor_.Observe(seq, layer, experts);
     if (!hidden.empty()) predictor_.ObserveHidden(seq, layer, hidden);
+    if (!token_state.empty() && predictor_.token_state_layer() < layer) {
+      predictor_.ObserveHidden(seq, predictor_.token_state_layer(), token_state);
+    }
     if (scores_ != nullptr) {
       Predict(seq, layer);
       scores_->SetLayer(layer, probs_);

@@ -129,6 +129,8 @@ struct Engine::Impl {
   // The residual stream each token left the previous MoE layer with (hidden-state predictors
   // only): x itself is overwritten by the next layer's attention.
   float* layer_out;
+  // Each token's hidden state at predictor->token_state_layer() in a prefill chunk (host).
+  std::vector<float> token_state;
   std::vector<float> layer_out_host;  // layer_out when activations are not host memory
   int32_t* ids;
   DeviceBuffer kv;  // [sequence][layer][k|v][max_context][kv_dim]
@@ -181,6 +183,11 @@ struct Engine::Impl {
   // the buffers it works on still exist), and the device memory it needs beyond the activations.
   DeviceBuffer workspace;
   std::unique_ptr<ForwardOps> ops;
+
+  std::span<const float> TokenState(int64_t t) const {
+    const auto H = static_cast<size_t>(cfg->hidden_size);
+    return {token_state.data() + static_cast<size_t>(t) * H, H};
+  }
 
   float* KvAt(int32_t seq, int64_t layer, int which, int64_t max_context) {
     const int64_t per_layer = 2 * max_context * kv_dim;
@@ -681,6 +688,11 @@ absl::Status Engine::Impl::PlanPrefetches(int32_t layer, int64_t n, PhaseStats& 
   if (hidden) {
     MOE_ASSIGN_OR_RETURN(hx, ops->HostView(x, n * H));
   }
+  // Predictors that keep one state per token (learned) get each chunk token's own state back.
+  const int32_t state_layer = hidden && n > 1 ? predictor->token_state_layer() : -1;
+  if (state_layer == layer) {
+    token_state.assign(hx, hx + n * H);
+  }
   for (int64_t t = 0; t < n; ++t) {
     for (int64_t j = 0; j < K; ++j) token_experts[j] = static_cast<uint16_t>(layer_ids[t * K + j]);
     planner->AfterRouting(
@@ -691,7 +703,8 @@ absl::Status Engine::Impl::PlanPrefetches(int32_t layer, int64_t n, PhaseStats& 
         [&](ExpertKey key, int32_t distance) {
           transfers->Prefetch(
               key, distance == 1 ? TransferPriority::kNextLayer : TransferPriority::kLookahead);
-        });
+        },
+        state_layer >= 0 && state_layer < layer ? TokenState(t) : std::span<const float>());
   }
   if (hidden && n > 1) std::memcpy(layer_out, hx, static_cast<size_t>(n * H) * sizeof(float));
   const auto start = Clock::now();
@@ -711,6 +724,10 @@ void Engine::Impl::MeasureRecall(int32_t layer, int64_t n) {
     if (own_hidden) {
       predictor->ObserveHidden(step_requests[t], layer - 1,
                                {layer_out + t * H, static_cast<size_t>(H)});
+      const int32_t state_layer = predictor->token_state_layer();
+      if (state_layer >= 0 && state_layer < layer - 1) {
+        predictor->ObserveHidden(step_requests[t], state_layer, TokenState(t));
+      }
     }
     predictor->Predict(step_requests[t], layer, predicted);
     SanitizeProbabilities(predicted);  // the planner reports garbage; here it only must not rank

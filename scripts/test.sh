@@ -21,7 +21,7 @@ rm -rf "$asan"
 cmake -S . -B "$asan" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOE_SANITIZE=ON -DMOE_WITH_CUDA=OFF \
       -DMOE_BUILD_BENCHMARKS=OFF
 sanitized=(safetensors_test device_test fake_device_test model_test kernels_test engine_test c_api_test
-           memory_test gate_predictor_test
+           memory_test gate_predictor_test learned_predictor_test
            moe_run_cli_test)
 cmake --build "$asan" -j "$jobs" --target "${sanitized[@]}"
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \

@@ -1,6 +1,7 @@
 // Engine behaviour beyond the golden logits: bad input, batching and chunking that must not
 // change results, cache accounting, device arena bounds, and the promise that moe-replay on the
 // engine's own trace reports the hit rate the engine counted.
+#include <random>
 #include <string>
 #include <vector>
 
@@ -311,6 +312,47 @@ TEST(Engine, GateRecallOfAPromptChunkEqualsTokenByToken) {
     EngineOptions options;
     options.predictor = "gate";
     options.prefetch.depth = 0;
+    options.prefill_chunk = chunk;
+    auto engine = MakeEngine(options);
+    EXPECT_NE(engine, nullptr);
+    std::vector<float> logits(static_cast<size_t>(TinyModel()->config.vocab_size));
+    const std::vector<int32_t> prompt = Prompt(17, 4);
+    const SequenceTokens entry{0, prompt};
+    EXPECT_TRUE(engine->Evaluate({&entry, 1}, false, logits).ok());
+    return engine->stats().recall;
+  };
+  const PredictionRecall chunked = recall_with_chunk(17), single = recall_with_chunk(1);
+  for (size_t l = 1; l < chunked.found.size(); ++l) {
+    EXPECT_EQ(chunked.found[l], single.found[l]) << "layer " << l;
+    EXPECT_EQ(chunked.chosen[l], single.chosen[l]);
+  }
+}
+
+TEST(Engine, LearnedRecallOfAPromptChunkEqualsTokenByToken) {
+  // The learned predictor reads each token's layer-0 state once and predicts all later layers
+  // from it; in a prefill chunk every token must get its own state back, not the chunk's last.
+  PredictorOptions po;
+  po.space = ExpertSpace{static_cast<int32_t>(TinyModel()->config.num_layers),
+                         static_cast<int32_t>(TinyModel()->config.num_experts)};
+  po.top_k = static_cast<int32_t>(TinyModel()->config.top_k);
+  LearnedPredictor learned(po);
+  LearnedPredictorWeights w;
+  w.input_size = TinyModel()->config.hidden_size;
+  w.hidden_units = 16;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.0f, 0.5f);
+  for (int64_t i = 0; i < w.hidden_units * w.input_size; ++i) w.w1.push_back(normal(rng));
+  for (int64_t i = 0; i < w.hidden_units; ++i) w.b1.push_back(normal(rng));
+  for (int64_t i = 0; i < po.space.size() * w.hidden_units; ++i) w.w2.push_back(normal(rng));
+  for (int64_t i = 0; i < po.space.size(); ++i) w.b2.push_back(normal(rng));
+  ASSERT_TRUE(learned.SetWeights(w).ok());
+  const std::string path = ::testing::TempDir() + "/learned_tiny.safetensors";
+  ASSERT_TRUE(learned.Save(path).ok());
+  auto recall_with_chunk = [&](int64_t chunk) {
+    EngineOptions options;
+    options.predictor = "learned";
+    options.predictor_file = path;
+    options.prefetch.depth = 2;
     options.prefill_chunk = chunk;
     auto engine = MakeEngine(options);
     EXPECT_NE(engine, nullptr);
