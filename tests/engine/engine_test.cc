@@ -305,13 +305,11 @@ TEST(Engine, GatePredictorBeatsLayerFrequencyOnTheTinyModel) {
   EXPECT_GT(g, f + 0.05) << "gate " << g << " frequency " << f;
 }
 
-TEST(Engine, GateRecallOfAPromptChunkEqualsTokenByToken) {
-  // In a prefill chunk every token must be predicted from its own hidden state, not from the
-  // chunk's last token (which the sequence's predictor state holds after a layer).
-  auto recall_with_chunk = [](int64_t chunk) {
-    EngineOptions options;
-    options.predictor = "gate";
-    options.prefetch.depth = 0;
+// Runs a 17-token prompt as one prefill chunk and token by token with `options` (a predictor
+// set) and expects the same one-layer-ahead recall per layer: every token of a chunk must be
+// predicted from its own state, not the chunk's last token's.
+void ExpectChunkedRecallEqualsTokenByToken(EngineOptions options) {
+  auto recall_with_chunk = [&](int64_t chunk) {
     options.prefill_chunk = chunk;
     auto engine = MakeEngine(options);
     EXPECT_NE(engine, nullptr);
@@ -328,13 +326,27 @@ TEST(Engine, GateRecallOfAPromptChunkEqualsTokenByToken) {
   }
 }
 
-TEST(Engine, LearnedRecallOfAPromptChunkEqualsTokenByToken) {
-  // The learned predictor reads each token's layer-0 state once and predicts all later layers
-  // from it; in a prefill chunk every token must get its own state back, not the chunk's last.
+// Predictor options of the tiny model's shape.
+PredictorOptions TinyPredictorOptions() {
   PredictorOptions po;
   po.space = ExpertSpace{static_cast<int32_t>(TinyModel()->config.num_layers),
                          static_cast<int32_t>(TinyModel()->config.num_experts)};
   po.top_k = static_cast<int32_t>(TinyModel()->config.top_k);
+  return po;
+}
+
+TEST(Engine, GateRecallOfAPromptChunkEqualsTokenByToken) {
+  // The sequence's predictor state holds the chunk's last token after a layer.
+  EngineOptions options;
+  options.predictor = "gate";
+  options.prefetch.depth = 0;
+  ExpectChunkedRecallEqualsTokenByToken(options);
+}
+
+TEST(Engine, LearnedRecallOfAPromptChunkEqualsTokenByToken) {
+  // The learned predictor reads each token's layer-0 state once and predicts all later layers
+  // from it; in a prefill chunk every token must get its own state back, not the chunk's last.
+  const PredictorOptions po = TinyPredictorOptions();
   LearnedPredictor learned(po);
   LearnedPredictorWeights w;
   w.input_size = TinyModel()->config.hidden_size;
@@ -348,25 +360,11 @@ TEST(Engine, LearnedRecallOfAPromptChunkEqualsTokenByToken) {
   ASSERT_TRUE(learned.SetWeights(w).ok());
   const std::string path = ::testing::TempDir() + "/learned_tiny.safetensors";
   ASSERT_TRUE(learned.Save(path).ok());
-  auto recall_with_chunk = [&](int64_t chunk) {
-    EngineOptions options;
-    options.predictor = "learned";
-    options.predictor_file = path;
-    options.prefetch.depth = 2;
-    options.prefill_chunk = chunk;
-    auto engine = MakeEngine(options);
-    EXPECT_NE(engine, nullptr);
-    std::vector<float> logits(static_cast<size_t>(TinyModel()->config.vocab_size));
-    const std::vector<int32_t> prompt = Prompt(17, 4);
-    const SequenceTokens entry{0, prompt};
-    EXPECT_TRUE(engine->Evaluate({&entry, 1}, false, logits).ok());
-    return engine->stats().recall;
-  };
-  const PredictionRecall chunked = recall_with_chunk(17), single = recall_with_chunk(1);
-  for (size_t l = 1; l < chunked.found.size(); ++l) {
-    EXPECT_EQ(chunked.found[l], single.found[l]) << "layer " << l;
-    EXPECT_EQ(chunked.chosen[l], single.chosen[l]);
-  }
+  EngineOptions options;
+  options.predictor = "learned";
+  options.predictor_file = path;
+  options.prefetch.depth = 2;
+  ExpectChunkedRecallEqualsTokenByToken(options);
 }
 
 TEST(Engine, ReplayWithTheSamePredictorPrefetchesExactlyAsLive) {
@@ -736,10 +734,7 @@ TEST(Engine, LearnedPredictorNeedsWeightsForTheModelsHiddenSize) {
   EXPECT_THAT(std::string(e.status().message()), HasSubstr("needs its weights"));
 
   // Weights for the tiny model's layers and experts but another hidden size (65, not 64).
-  PredictorOptions po;
-  po.space = ExpertSpace{static_cast<int32_t>(TinyModel()->config.num_layers),
-                         static_cast<int32_t>(TinyModel()->config.num_experts)};
-  po.top_k = static_cast<int32_t>(TinyModel()->config.top_k);
+  const PredictorOptions po = TinyPredictorOptions();
   LearnedPredictor learned(po);
   LearnedPredictorWeights w;
   w.input_size = TinyModel()->config.hidden_size + 1;
