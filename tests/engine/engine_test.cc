@@ -664,7 +664,7 @@ TEST(Engine, ForcedRoutingRunsTheTracesExpertsTokenByTokenAndWraps) {
   std::vector<float> logits(static_cast<size_t>(TinyModel()->config.vocab_size));
   const SequenceTokens entry{0, prompt};
   ASSERT_TRUE(engine->Evaluate({&entry, 1}, false, logits).ok());  // tokens 0..5 (one chunk)
-  for (int32_t next : {7, 9}) {                                      // tokens 6, 7 (decode)
+  for (int32_t next : {7, 9}) {                                    // tokens 6, 7 (decode)
     const std::vector<int32_t> one = {next};
     const SequenceTokens e{0, one};
     ASSERT_TRUE(engine->Evaluate({&e, 1}, false, logits).ok());
