@@ -40,8 +40,8 @@ absl::Status LearnedPredictor::SetWeights(LearnedPredictorWeights w) {
   const auto expect = [](const std::vector<float>& v, int64_t n, std::string_view what) {
     return static_cast<int64_t>(v.size()) == n
                ? absl::OkStatus()
-               : InvalidArgument("learned predictor: {} has {} values, expected {}", what,
-                                 v.size(), n);
+               : InvalidArgument("learned predictor: {} has {} values, expected {}", what, v.size(),
+                                 n);
   };
   MOE_RETURN_IF_ERROR(expect(w.w1, w.hidden_units * w.input_size, "w1"));
   MOE_RETURN_IF_ERROR(expect(w.b1, w.hidden_units, "b1"));
@@ -158,12 +158,12 @@ absl::Status LearnedPredictor::Load(const std::string& path) {
   w.source_layer = static_cast<int32_t>(source);
   const TensorInfo* w1 = file->Find("w1");
   if (w1 == nullptr || w1->shape.size() != 2) {
-    return InvalidArgument("{}: tensor w1 [hidden_units, hidden_size] is missing or not 2-D",
-                           path);
+    return InvalidArgument("{}: tensor w1 [hidden_units, hidden_size] is missing or not 2-D", path);
   }
   w.hidden_units = w1->shape[0];
   w.input_size = w1->shape[1];
-  if (w.hidden_units < 1 || w.input_size < 1 || w.hidden_units * w.input_size > (int64_t{1} << 28)) {
+  if (w.hidden_units < 1 || w.input_size < 1 ||
+      w.hidden_units * w.input_size > (int64_t{1} << 28)) {
     return InvalidArgument("{}: w1 has an implausible shape [{}, {}]", path, w.hidden_units,
                            w.input_size);
   }

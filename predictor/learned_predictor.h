@@ -1,6 +1,7 @@
 // "learned": a small network, trained offline, that predicts from a token's early residual
 // stream which experts every later layer will choose (in the spirit of SiDA). Training:
-// scripts/train/train_learned_predictor.py; the file: models/pydoc-moe/learned_predictor.safetensors.
+// scripts/train/train_learned_predictor.py; the file:
+// models/pydoc-moe/learned_predictor.safetensors.
 //
 // When the token leaves MoE layer `source_layer` (ObserveHidden(seq, source_layer, x)):
 //   xn = x / sqrt(mean(x^2) + 1e-6)            (no weight)
@@ -61,9 +62,7 @@ class LearnedPredictor final : public Predictor {
   bool has_weights() const { return weights_.input_size > 0; }
   int64_t input_size() const { return weights_.input_size; }
   int64_t hidden_size() const override { return weights_.input_size; }
-  int32_t token_state_layer() const override {
-    return has_weights() ? weights_.source_layer : -1;
-  }
+  int32_t token_state_layer() const override { return has_weights() ? weights_.source_layer : -1; }
   int32_t source_layer() const { return weights_.source_layer; }
   uint64_t ignored_hidden_states() const { return ignored_hidden_; }
 
@@ -72,9 +71,9 @@ class LearnedPredictor final : public Predictor {
 
  private:
   struct SequenceState {
-    int32_t last_layer = -1;    // latest layer observed for the current token
-    bool has_table = false;     // `table` holds the current token's prediction
-    std::vector<float> table;   // [L * E]
+    int32_t last_layer = -1;   // latest layer observed for the current token
+    bool has_table = false;    // `table` holds the current token's prediction
+    std::vector<float> table;  // [L * E]
   };
 
   PredictorOptions options_;

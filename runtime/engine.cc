@@ -161,7 +161,7 @@ struct Engine::Impl {
   std::vector<Phase> step_phases;
   std::vector<int32_t> token_ids;  // of the step's tokens
   std::vector<int64_t> positions;
-  HostRouting route;  // the current MoE layer's routing, on the host
+  HostRouting route;                   // the current MoE layer's routing, on the host
   const int32_t* layer_ids = nullptr;  // the experts the current MoE layer runs [n, K] (host)
   // Benchmark mode (EngineOptions::forced_routing): the trace, the trace token of each of the
   // step's tokens, and one layer's forced ids [n, K].
@@ -248,10 +248,10 @@ absl::Status Engine::Impl::CreatePredictor(const EngineOptions& options, const E
   }
   if (predictor->uses_hidden_states() && predictor->hidden_size() != 0 &&
       predictor->hidden_size() != cfg->hidden_size) {
-    return InvalidArgument("predictor \"{}\"{} reads hidden states of {} values; the model's are {}",
-                           options.predictor,
-                           options.predictor_file.empty() ? "" : " from " + options.predictor_file,
-                           predictor->hidden_size(), cfg->hidden_size);
+    return InvalidArgument(
+        "predictor \"{}\"{} reads hidden states of {} values; the model's are {}",
+        options.predictor, options.predictor_file.empty() ? "" : " from " + options.predictor_file,
+        predictor->hidden_size(), cfg->hidden_size);
   }
   const int32_t L = space.num_layers;
   stats.recall.budget = options.prefetch.budget > 0 ? options.prefetch.budget : po.top_k;
@@ -324,8 +324,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Mod
       return InvalidArgument("forced routing: the trace has no tokens or no layers");
     }
     if (t.header.top_k != cfg.top_k) {
-      return InvalidArgument("forced routing: the trace has top-k {}, the model {}",
-                             t.header.top_k, cfg.top_k);
+      return InvalidArgument("forced routing: the trace has top-k {}, the model {}", t.header.top_k,
+                             cfg.top_k);
     }
     if (t.header.num_experts > cfg.num_experts) {
       return InvalidArgument("forced routing: the trace has {} experts per layer, the model {}",

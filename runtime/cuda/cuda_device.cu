@@ -27,8 +27,8 @@ absl::StatusOr<std::unique_ptr<CudaDevice>> CudaDevice::Create(const CudaDeviceO
     return FailedPrecondition("no usable CUDA device: {}", ErrorText(err));
   }
   if (options.index < 0 || options.index >= count) {
-    return FailedPrecondition("CUDA device {} does not exist ({} device(s) visible)",
-                              options.index, count);
+    return FailedPrecondition("CUDA device {} does not exist ({} device(s) visible)", options.index,
+                              count);
   }
   if ((err = cudaSetDevice(options.index)) != cudaSuccess) {
     return FailedPrecondition("cannot use CUDA device {}: {}", options.index, ErrorText(err));
@@ -100,9 +100,10 @@ absl::Status CudaDevice::CheckAllocate(uint64_t bytes, std::string_view what) {
                     ErrorText(err));
   }
   if (bytes > free_bytes) {
-    return ResourceExhausted("{}: allocating {} bytes for {} exceeds the free GPU memory ({} of {} "
-                             "bytes free)",
-                             name_, bytes, what, free_bytes, total_bytes);
+    return ResourceExhausted(
+        "{}: allocating {} bytes for {} exceeds the free GPU memory ({} of {} "
+        "bytes free)",
+        name_, bytes, what, free_bytes, total_bytes);
   }
   return absl::OkStatus();
 }
@@ -131,8 +132,8 @@ CopyTicket CudaDevice::StartCopy(std::byte* dst, const std::byte* src, uint64_t 
     if (event != nullptr) free_events_.push_back(event);
     // Later copies may still complete; this one is failed from issue. Keep FIFO bookkeeping by
     // recording it with no event (it counts as complete when the ones before it are).
-    failed_[id] = fmt::format("copy #{} of {} bytes failed at issue: {}", id, bytes,
-                              ErrorText(err));
+    failed_[id] =
+        fmt::format("copy #{} of {} bytes failed at issue: {}", id, bytes, ErrorText(err));
     in_flight_.push_back(InFlight{id, bytes, nullptr});
     return CopyTicket{id};
   }
@@ -152,8 +153,8 @@ bool CudaDevice::IsPageable(const std::byte* src) {
 int CudaDevice::StagedCopyLocked(std::byte* dst, const std::byte* src, uint64_t bytes) {
   if (staging_ == nullptr) {
     staging_pool_ = std::make_unique<cpu::ThreadPool>(0);
-    auto staging = StagingCopier::Create(copy_, kStagingChunkBytes, kStagingSlots,
-                                         staging_pool_.get());
+    auto staging =
+        StagingCopier::Create(copy_, kStagingChunkBytes, kStagingSlots, staging_pool_.get());
     if (!staging.ok()) {
       MOE_LOG(kWarning, "{}: no pinned staging ring ({}); pageable copies go direct (slower)",
               name_, std::string(staging.status().message()));
@@ -182,8 +183,8 @@ void CudaDevice::RetireLocked(uint64_t block_until) const {
           f.id <= block_until ? cudaEventSynchronize(f.event) : cudaEventQuery(f.event);
       if (err == cudaErrorNotReady) return;
       if (err != cudaSuccess) {
-        failed_[f.id] = fmt::format("copy #{} of {} bytes failed: {}", f.id, f.bytes,
-                                    ErrorText(err));
+        failed_[f.id] =
+            fmt::format("copy #{} of {} bytes failed: {}", f.id, f.bytes, ErrorText(err));
       }
       free_events_.push_back(f.event);
     }
@@ -211,7 +212,8 @@ absl::Status CudaDevice::FinishCopy(CopyTicket ticket) {
   if (ticket.id > completed_through_) {
     const auto start = std::chrono::steady_clock::now();
     RetireLocked(ticket.id);
-    stall_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    stall_seconds_ +=
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     ++stalled_waits_;
   }
   return StatusOfLocked(ticket.id);
@@ -226,8 +228,8 @@ absl::Status CudaDevice::ComputeWaitFor(CopyTicket ticket) {
     if (f.id != ticket.id) continue;
     if (f.event == nullptr) return StatusOfLocked(ticket.id);
     const cudaError_t err = cudaStreamWaitEvent(compute_, f.event, 0);
-    if (err != cudaSuccess) return Internal("{}: compute cannot wait for copy #{}: {}", name_,
-                                            ticket.id, ErrorText(err));
+    if (err != cudaSuccess)
+      return Internal("{}: compute cannot wait for copy #{}: {}", name_, ticket.id, ErrorText(err));
     return absl::OkStatus();
   }
   return absl::OkStatus();
@@ -241,8 +243,8 @@ absl::Status CudaDevice::CopyWaitForCompute() {
   if (err == cudaSuccess) err = cudaStreamWaitEvent(copy_, e, 0);
   // An event may be re-recorded once the wait is enqueued: the wait captured this record.
   free_events_.push_back(e);
-  if (err != cudaSuccess) return Internal("{}: copy stream cannot wait for compute: {}", name_,
-                                          ErrorText(err));
+  if (err != cudaSuccess)
+    return Internal("{}: copy stream cannot wait for compute: {}", name_, ErrorText(err));
   return absl::OkStatus();
 }
 
@@ -253,8 +255,8 @@ absl::Status CudaDevice::SynchronizeCompute() {
 }
 
 absl::Status CudaDevice::RegisterHost(const void* ptr, uint64_t bytes) {
-  const cudaError_t err =
-      cudaHostRegister(const_cast<void*>(ptr), bytes, cudaHostRegisterPortable | cudaHostRegisterReadOnly);
+  const cudaError_t err = cudaHostRegister(const_cast<void*>(ptr), bytes,
+                                           cudaHostRegisterPortable | cudaHostRegisterReadOnly);
   if (err != cudaSuccess) {
     cudaGetLastError();
     return FailedPrecondition("{}: pinning {} bytes of host memory refused: {}", name_, bytes,

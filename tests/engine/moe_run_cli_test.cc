@@ -170,8 +170,10 @@ TEST_F(MoeRunTest, LearnedPredictorRunsOnTheDemoModelWithItsOwnWeights) {
   ASSERT_EQ(r.exit_code, 0) << r.errors;
   EXPECT_THAT(r.errors, HasSubstr("prediction      learned"));
   const std::string tiny = kGolden + "mixtral-tiny-f32";
-  ExpectOneErrorLine(RunTool("moe-run --model " + tiny + " --prompt-ids 5,6 --predictor learned "
-                             "--predictor-file " + model + "/learned_predictor.safetensors"),
+  ExpectOneErrorLine(RunTool("moe-run --model " + tiny +
+                             " --prompt-ids 5,6 --predictor learned "
+                             "--predictor-file " +
+                             model + "/learned_predictor.safetensors"),
                      "num_layers is 8 in the file, 4");
 }
 
@@ -182,13 +184,14 @@ TEST_F(MoeRunTest, ForcedRoutingIsABenchmarkModeWithClearErrors) {
   if (std::filesystem::exists(mixtral)) {
     const CommandResult r = RunTool("moe-run --model " + tiny +
                                     " --prompt-ids 5,6,7 --max-tokens 4 --expert-budget 25% "
-                                    "--force-routing " + mixtral);
+                                    "--force-routing " +
+                                    mixtral);
     ASSERT_EQ(r.exit_code, 0) << r.errors;
     EXPECT_THAT(r.errors, HasSubstr("benchmark mode: routing forced"));
   }
-  ExpectOneErrorLine(RunTool("moe-run --model " + tiny +
-                             " --prompt-ids 5,6 --force-routing /no/such/trace"),
-                     "/no/such/trace");
+  ExpectOneErrorLine(
+      RunTool("moe-run --model " + tiny + " --prompt-ids 5,6 --force-routing /no/such/trace"),
+      "/no/such/trace");
 }
 
 TEST_F(MoeRunTest, TokenIdsWorkWithoutATokenizerAndTextDoesNot) {

@@ -42,7 +42,8 @@ LearnedPredictorWeights SmallWeights(int32_t layers = 3, int32_t experts = 4) {
   w.input_size = 5;
   w.hidden_units = 3;
   const int64_t outputs = int64_t{layers} * experts;
-  for (int64_t i = 0; i < w.hidden_units * w.input_size; ++i) w.w1.push_back(0.1f * float(i % 7) - 0.3f);
+  for (int64_t i = 0; i < w.hidden_units * w.input_size; ++i)
+    w.w1.push_back(0.1f * float(i % 7) - 0.3f);
   for (int64_t i = 0; i < w.hidden_units; ++i) w.b1.push_back(0.05f * float(i));
   for (int64_t i = 0; i < outputs * w.hidden_units; ++i) w.w2.push_back(0.2f * float(i % 5) - 0.4f);
   for (int64_t i = 0; i < outputs; ++i) w.b2.push_back(0.01f * float(i) - 0.05f);
@@ -57,7 +58,8 @@ std::vector<double> Reference(const LearnedPredictorWeights& w, const std::vecto
   std::vector<double> h(w.hidden_units);
   for (int64_t u = 0; u < w.hidden_units; ++u) {
     double acc = w.b1[u];
-    for (int64_t i = 0; i < w.input_size; ++i) acc += double(w.w1[u * w.input_size + i]) * x[i] * inv;
+    for (int64_t i = 0; i < w.input_size; ++i)
+      acc += double(w.w1[u * w.input_size + i]) * x[i] * inv;
     h[u] = std::max(acc, 0.0);
   }
   std::vector<double> p(w.b2.size());
@@ -73,9 +75,9 @@ TEST(LearnedPredictorTest, NetworkMatchesTheDocumentedFormula) {
   LearnedPredictor p(Options(3, 4, 2));
   const LearnedPredictorWeights w = SmallWeights();
   ASSERT_TRUE(p.SetWeights(w).ok());
-  for (const std::vector<float>& x : {std::vector<float>{1, -2, 3, 0.5f, -0.25f},
-                                      std::vector<float>{100, 0, 0, 0, 1e-3f},
-                                      std::vector<float>{0, 0, 0, 0, 0}}) {
+  for (const std::vector<float>& x :
+       {std::vector<float>{1, -2, 3, 0.5f, -0.25f}, std::vector<float>{100, 0, 0, 0, 1e-3f},
+        std::vector<float>{0, 0, 0, 0, 0}}) {
     std::vector<float> probs(12);
     p.Evaluate(x, probs);
     const std::vector<double> ref = Reference(w, x);
@@ -220,8 +222,10 @@ TEST(LearnedPredictorTest, LoadRejectsAMissingSourceLayerAndMisshapenTensors) {
 // The committed predictor of the demo model against the probabilities its training script
 // computed in float64 from the same float32 weights.
 TEST(LearnedPredictorTest, CommittedPredictorMatchesItsTrainingScript) {
-  const std::string model = std::string(MOE_SOURCE_DIR) + "/models/pydoc-moe/learned_predictor.safetensors";
-  const std::string ref_path = std::string(MOE_SOURCE_DIR) + "/tests/data/learned_predictor_reference.json";
+  const std::string model =
+      std::string(MOE_SOURCE_DIR) + "/models/pydoc-moe/learned_predictor.safetensors";
+  const std::string ref_path =
+      std::string(MOE_SOURCE_DIR) + "/tests/data/learned_predictor_reference.json";
   if (!std::filesystem::exists(model) || !std::filesystem::exists(ref_path)) {
     GTEST_SKIP() << "no trained predictor in this checkout";
   }

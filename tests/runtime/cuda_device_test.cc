@@ -45,7 +45,8 @@ TEST_F(CudaDeviceTest, AllocationsAreZeroFilledAndCounted) {
   auto b = device_->Allocate(1 << 20, "test buffer");
   ASSERT_TRUE(b.ok()) << b.status();
   const auto bytes = ReadBack(*b);
-  EXPECT_TRUE(std::all_of(bytes.begin(), bytes.end(), [](std::byte x) { return x == std::byte{0}; }));
+  EXPECT_TRUE(
+      std::all_of(bytes.begin(), bytes.end(), [](std::byte x) { return x == std::byte{0}; }));
   EXPECT_EQ(device_->counters().used_bytes, 1u << 20);
   b->Reset();
   EXPECT_EQ(device_->counters().used_bytes, 0u);
@@ -123,7 +124,8 @@ TEST_F(CudaDeviceTest, ComputeStreamWaitsForTheCopyWithoutBlockingTheHost) {
             cudaSuccess);
   ASSERT_TRUE(device_->SynchronizeCompute().ok());
   const auto back = ReadBack(*out);
-  EXPECT_TRUE(std::all_of(back.begin(), back.end(), [](std::byte x) { return x == std::byte{0x5a}; }));
+  EXPECT_TRUE(
+      std::all_of(back.begin(), back.end(), [](std::byte x) { return x == std::byte{0x5a}; }));
 }
 
 TEST_F(CudaDeviceTest, CopyIntoUnallocatedMemoryFailsItsWaitWithAClearError) {

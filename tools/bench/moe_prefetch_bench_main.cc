@@ -101,8 +101,9 @@ int Main(int argc, char** argv) {
                 "max(compute, Belady) floor, on the fake device (modelled link and compute).\n"
                 "  moe-prefetch-bench --model DIR [--prompt-file F] [--configs none:0,gate:1]");
   flags.AddString("model", &model_dir, "checkpoint directory");
-  flags.AddString("learned-file", &learned_file,
-                  "weights of the 'learned' predictor (default: MODEL/learned_predictor.safetensors)");
+  flags.AddString(
+      "learned-file", &learned_file,
+      "weights of the 'learned' predictor (default: MODEL/learned_predictor.safetensors)");
   flags.AddString("prompt-file", &prompt_file,
                   "prompts, one per line (default: synthetic token ids)");
   flags.AddInt("prompts", &prompts_count, "requests to run at most");

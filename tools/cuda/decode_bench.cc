@@ -70,7 +70,8 @@ struct GpuModel {
             o.hidden};
   }
   // Expert views over one slot: gate [I, H], up [I, H], down [H, I] back to back.
-  void ExpertViews(const std::byte* slot, WeightView* gate, WeightView* up, WeightView* down) const {
+  void ExpertViews(const std::byte* slot, WeightView* gate, WeightView* up,
+                   WeightView* down) const {
     const uint64_t m = uint64_t(o.inter) * o.hidden * 2;
     *gate = {slot, DType::kBF16, o.inter, o.hidden};
     *up = {slot + m, DType::kBF16, o.inter, o.hidden};
@@ -151,9 +152,9 @@ absl::Status RouteLayer(CudaDevice& device, GpuModel& m, int32_t l, bool read_hi
   MOE_RETURN_IF_ERROR(CudaStatus(
       cudaMemcpyAsync(m.ids_host, m.ids, m.o.top_k * 4, cudaMemcpyDeviceToHost, s), "readback"));
   if (read_hidden) {
-    MOE_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(m.h_host.data(), m.h, m.o.hidden * 4,
-                                                   cudaMemcpyDeviceToHost, s),
-                                   "hidden readback"));
+    MOE_RETURN_IF_ERROR(
+        CudaStatus(cudaMemcpyAsync(m.h_host.data(), m.h, m.o.hidden * 4, cudaMemcpyDeviceToHost, s),
+                   "hidden readback"));
   }
   return CudaStatus(cudaStreamSynchronize(s), "routing readback");
 }
@@ -187,9 +188,7 @@ absl::Status CombineLayer(CudaDevice& device, GpuModel& m) {
 // The host expert store: `buffers` pinned expert-sized buffers; expert key k reads k % buffers.
 struct HostStore {
   std::vector<PinnedHostBuffer> buffers;
-  const std::byte* Source(ExpertKey key) const {
-    return buffers[key % buffers.size()].data();
-  }
+  const std::byte* Source(ExpertKey key) const { return buffers[key % buffers.size()].data(); }
 };
 
 absl::StatusOr<HostStore> MakeHostStore(const DecodeBenchOptions& o, uint64_t expert_bytes) {
@@ -198,7 +197,8 @@ absl::StatusOr<HostStore> MakeHostStore(const DecodeBenchOptions& o, uint64_t ex
   HostStore store;
   const auto start = Clock::now();
   for (uint64_t i = 0; i < n; ++i) {
-    MOE_ASSIGN_OR_RETURN(PinnedHostBuffer b, PinnedHostBuffer::Allocate(expert_bytes, "host expert store"));
+    MOE_ASSIGN_OR_RETURN(PinnedHostBuffer b,
+                         PinnedHostBuffer::Allocate(expert_bytes, "host expert store"));
     store.buffers.push_back(std::move(b));
   }
   FillBf16(reinterpret_cast<uint16_t*>(store.buffers[0].data()), expert_bytes / 2, 0.02f, 3);
@@ -218,7 +218,9 @@ absl::StatusOr<DecodeModeResult> RunResident(CudaDevice& device, GpuModel& m,
   const uint64_t layer_bytes = m.expert_bytes * o.experts;
   const auto fit = static_cast<int32_t>((free_bytes * 0.85) / layer_bytes);
   const int32_t R = std::min(o.layers, fit);
-  if (R < 1) return ResourceExhausted("resident mode: one layer's experts ({} bytes) do not fit", layer_bytes);
+  if (R < 1)
+    return ResourceExhausted("resident mode: one layer's experts ({} bytes) do not fit",
+                             layer_bytes);
   MOE_ASSIGN_OR_RETURN(DeviceBuffer pool, device.Allocate(layer_bytes * R, "resident experts"));
   {
     std::vector<uint16_t> host(m.expert_bytes / 2);
@@ -285,9 +287,9 @@ absl::StatusOr<DecodeModeResult> RunStreaming(CudaDevice& device, GpuModel& m,
   co.scope = o.scope;
   co.policy = policy;
   MOE_ASSIGN_OR_RETURN(auto cache, ExpertCache::Create(co));
-  MOE_ASSIGN_OR_RETURN(DeviceBuffer slots,
-                       device.Allocate(uint64_t(cache->capacity_total()) * m.expert_bytes,
-                                       "expert slots"));
+  MOE_ASSIGN_OR_RETURN(
+      DeviceBuffer slots,
+      device.Allocate(uint64_t(cache->capacity_total()) * m.expert_bytes, "expert slots"));
   DecodeModeResult r;
   r.mode = mode;
   r.policy = policy;
@@ -438,8 +440,7 @@ absl::StatusOr<RoutingTrace> ForcedRoutingTrace(const RoutingTrace& trace, int32
   for (int64_t t = 0; t < tokens; ++t) {
     for (int32_t l = 0; l < layers; ++l) {
       const auto src = trace.Experts(t % trace.num_tokens(), l % h.num_layers);
-      std::copy(src.begin(), src.end(),
-                out.experts.begin() + (uint64_t(t) * layers + l) * top_k);
+      std::copy(src.begin(), src.end(), out.experts.begin() + (uint64_t(t) * layers + l) * top_k);
     }
   }
   out.phases.assign(tokens, Phase::kDecode);
@@ -454,9 +455,9 @@ absl::StatusOr<DecodeBenchResult> RunDecodeBench(CudaDevice& device, const Routi
   MOE_ASSIGN_OR_RETURN(auto model, MakeGpuModel(device, o));
   MOE_RETURN_IF_ERROR(WarmUp(device, *model));
   result.expert_bytes = model->expert_bytes;
-  MOE_ASSIGN_OR_RETURN(const RoutingTrace forced,
-                       ForcedRoutingTrace(trace, o.layers, o.experts, o.top_k, o.tokens,
-                                          model->expert_bytes));
+  MOE_ASSIGN_OR_RETURN(
+      const RoutingTrace forced,
+      ForcedRoutingTrace(trace, o.layers, o.experts, o.top_k, o.tokens, model->expert_bytes));
   MOE_ASSIGN_OR_RETURN(result.replay_belady, Replay(forced, o, model->expert_bytes, "belady"));
   result.capacity_experts = int64_t(o.budget_bytes / model->expert_bytes);
   HostStore store;

@@ -60,14 +60,14 @@ struct DecodeBenchOptions {
 
 struct DecodeModeResult {
   std::string mode;
-  std::string policy;            // the cache's eviction policy (streaming modes)
-  double seconds = 0;            // all timed tokens
+  std::string policy;  // the cache's eviction policy (streaming modes)
+  double seconds = 0;  // all timed tokens
   double median_token_seconds = 0;
   double tokens_per_second = 0;
-  CacheStats cache;              // empty for "resident"
-  CacheStats replay;             // moe-replay's stats for the same tokens and cache options
-  double copy_stall_seconds = 0; // host blocked in WaitCopy (serial)
-  int32_t resident_layers = 0;   // "resident": R
+  CacheStats cache;               // empty for "resident"
+  CacheStats replay;              // moe-replay's stats for the same tokens and cache options
+  double copy_stall_seconds = 0;  // host blocked in WaitCopy (serial)
+  int32_t resident_layers = 0;    // "resident": R
   // hybrid: the cost model's inputs and how many routed experts the CPU computed.
   double cpu_expert_seconds = 0;
   double link_expert_seconds = 0;
