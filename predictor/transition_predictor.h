@@ -6,21 +6,31 @@
 //   T_d[l][i][j] = (C_d[l][i][j] + F[l+d][j]) / (N[l][i] + 1),
 // where F[l][j] is the smoothed fraction of tokens choosing j at l (SmoothedFrequency).
 //
+// Next-token tables N[l][i][j] = P(expert j chosen at layer l by a sequence's next token | expert
+// i chosen at l by this token), counted over consecutive tokens of each sequence and smoothed the
+// same way: N[l][i][j] = (C'[l][i][j] + F[l][j]) / (N'[l][i] + 1).
+//
 // Predict(seq, target): let l be the latest layer the sequence's current token has observed and
-// d = target - l. If 1 <= d <= max_distance, each expert j is scored naive-Bayes style from the
-// token's experts at layers l, l-1, ..., l-evidence_layers+1 (those observed for this token):
-//   score_j = log F[target][j] + sum_m w_m sum_{i at layer l-m} log(T_{d+m}[l-m][i][j] /
-//   F[target][j])
-// with w_m = 0.7^m (nearer layers count more), and turned into probabilities by a tempered
-// softmax scaled to sum top_k, each clamped to 1:  p_j = min(1, top_k * softmax(score / tau)_j).
-// The temperature tau is fit in Learn (least Brier score on held-out sequences), which makes the
-// probabilities roughly calibrated. Otherwise (the target is the next token's, or too far ahead,
-// or nothing observed yet) Predict returns the learned layer frequency F[target].
-// Before Learn, every table entry is top_k / num_experts (uniform predictions).
+// d = target - l. Scores are naive-Bayes log odds over the evidence available, turned into
+// probabilities by a tempered softmax scaled to sum top_k, each clamped to 1:
+//   p_j = min(1, top_k * softmax(score / tau)_j), score_j = log F[target][j] + evidence.
+//   - Ahead (1 <= d <= max_distance): the token's experts at layers l, l-1, ...,
+//     l-evidence_layers+1 (those observed for this token), each term weighted w_m = 0.7^m:
+//       sum_m w_m sum_{i at layer l-m} log(T_{d+m}[l-m][i][j] / F[target][j]),
+//     plus, when the previous token of the sequence was observed at `target`, its experts there
+//     with weight w_p: sum_{i} w_p log(N[target][i][j] / F[target][j]). Temperature tau.
+//   - Next token (target <= l, the token already passed the target): this token's experts at
+//     `target`, sum_{i} log(N[target][i][j] / F[target][j]). Temperature tau_next.
+//   - Otherwise (too far ahead, nothing observed yet): the learned layer frequency F[target].
+// Both temperatures and w_p (in {0, 0.35, 0.7, 1}) are fit in Learn (least Brier score on
+// held-out sequences), which makes the probabilities roughly calibrated. Before Learn, every table entry is top_k / num_experts
+// (uniform predictions).
 //
 // Save/Load: tensors "transition" F32 [D, L, E, E] (T; zero where l + d >= L), "frequency"
-// F32 [L, E] (F) and "temperature" F32 [1]. Load also checks max_distance and evidence_layers.
-// Memory: about 12 bytes x D x L x E x E (counts, table, log table).
+// F32 [L, E] (F), "temperature" F32 [1], "next_token" F32 [L, E, E] (N) and "next_temperature"
+// F32 [1] and "previous_token_weight" F32 [1] (w_p). Files written before the next-token tables
+// have none of these three: Load then predicts without them (as this class did then). Load also checks max_distance and evidence_layers.
+// Memory: about 12 bytes x (D + 1) x L x E x E (counts, table, log table).
 #pragma once
 
 #include <span>
@@ -36,6 +46,8 @@ class TransitionPredictor final : public Predictor {
  public:
   // Temperature used when Learn had no held-out sequences to fit it on.
   static constexpr float kDefaultTemperature = 3.0f;
+  // w_p used when Learn had no held-out sequences to fit it on.
+  static constexpr float kDefaultPreviousWeight = 0.7f;
 
   // `options` must pass ValidatePredictorOptions (MOE_CHECK).
   explicit TransitionPredictor(const PredictorOptions& options);
@@ -66,7 +78,13 @@ class TransitionPredictor final : public Predictor {
   float Probability(int32_t distance, int32_t layer, int32_t from, int32_t to) const;
   // F, [L * E].
   std::span<const float> layer_frequency() const { return frequency_; }
+  // N[layer][from][to]: next-token table.
+  float NextTokenProbability(int32_t layer, int32_t from, int32_t to) const;
+  // False after loading a file that predates the next-token tables.
+  bool has_next_token_tables() const { return has_next_token_; }
   float temperature() const { return temperature_; }
+  float next_token_temperature() const { return next_temperature_; }
+  float previous_token_weight() const { return previous_weight_; }
   void set_temperature(float temperature);
 
   // The tensors of Save (for files that embed this predictor, like "combined").
@@ -91,8 +109,19 @@ class TransitionPredictor final : public Predictor {
   void ResetState(SequenceState& state) const;
   void ObserveInto(SequenceState& state, int32_t layer, std::span<const uint16_t> experts) const;
   int32_t DistanceFor(const SequenceState& state, int32_t target_layer) const;
-  // Writes the log scores of target_layer (at distance d) into `out` (num_experts).
-  void Scores(const SequenceState& state, int32_t target_layer, int32_t d, float* out) const;
+  // The sequence's experts at `target_layer` on the visit before the one Predict targets (the
+  // previous token's for a target ahead, this token's for a target it passed); empty if unknown.
+  std::span<const uint16_t> PreviousVisit(const SequenceState& state, int32_t target_layer) const;
+  int64_t NextIndex(int32_t layer, int32_t from) const {
+    return (int64_t{layer} * options_.space.num_experts + from) * options_.space.num_experts;
+  }
+  // Adds weight x the previous visit's log ratios (next-token tables) to `out`.
+  void AddPreviousVisit(const SequenceState& state, int32_t target_layer, float weight,
+                        float* out) const;
+  // Writes the log scores of target_layer into `out` (num_experts): the inter-layer evidence at
+  // distance d (none when d == 0) plus the previous visit's, weighted `next_weight`.
+  void Scores(const SequenceState& state, int32_t target_layer, int32_t d, float next_weight,
+              float* out) const;
   // Turns scores into probabilities in place, with temperature `temperature`.
   void ToProbabilities(std::span<float> values, float temperature) const;
   void ResetCounts();
@@ -100,12 +129,15 @@ class TransitionPredictor final : public Predictor {
   // Tables from counts, then the log tables.
   void BuildTables();
   void BuildLogTables();
-  void FitTemperature(const RoutingTrace& trace, std::span<const int64_t> sequences);
+  void FitTemperatures(const RoutingTrace& trace, std::span<const int64_t> sequences);
 
   PredictorOptions options_;
   int32_t num_tables_;
   std::vector<float> evidence_weight_;  // [evidence_layers]
   float temperature_ = kDefaultTemperature;
+  float next_temperature_ = kDefaultTemperature;
+  float previous_weight_ = kDefaultPreviousWeight;
+  bool has_next_token_ = true;
 
   bool counts_valid_ = true;
   std::vector<uint32_t> counts_;        // C, [D * L * E * E]
@@ -116,6 +148,11 @@ class TransitionPredictor final : public Predictor {
   std::vector<float> frequency_;      // F, [L * E]
   std::vector<float> log_ratio_;      // log(T / F[target]), [D * L * E * E]
   std::vector<float> log_frequency_;  // log F, [L * E]
+
+  std::vector<uint32_t> next_counts_;        // C', [L * E * E]
+  std::vector<int64_t> next_source_counts_;  // N', [L * E]: tokens with a successor
+  std::vector<float> next_table_;            // N, [L * E * E]
+  std::vector<float> next_log_ratio_;        // log(N / F[layer]), [L * E * E]
 
   absl::flat_hash_map<int64_t, SequenceState> states_;
   std::vector<SequenceState> free_states_;

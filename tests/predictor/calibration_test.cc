@@ -86,7 +86,7 @@ TEST(CalibrationTest, CombinedPredictorIsCalibratedWithoutLosingRecall) {
   o.num_layers = 6;
   o.num_experts = 16;
   o.top_k = 2;
-  o.num_sequences = 60;
+  o.num_sequences = 150;
   o.min_tokens = 30;
   o.max_tokens = 50;
   auto trace = GenerateSyntheticTrace(o);

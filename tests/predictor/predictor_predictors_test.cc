@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -21,6 +22,7 @@
 #include "predictor/predictor_eval.h"
 #include "predictor/recency_predictor.h"
 #include "predictor/transition_predictor.h"
+#include "runtime/safetensors.h"
 
 namespace moe {
 namespace {
@@ -314,8 +316,11 @@ TEST(TransitionPredictorTest, PredictsAheadOnlyWithinMaxDistanceElseFrequency) {
   EXPECT_GT(probs[Next(9, experts)], 0.9f);
   EXPECT_LE(std::accumulate(probs.begin(), probs.end(), 0.0f), 2.0f + 1e-4f);
 
+  // Beyond max_distance, with no earlier token of this sequence, only the frequency is known.
+  // (Target 0, which this token passed, is predicted from the next-token tables: see below.)
   const std::span<const float> frequency = transition.layer_frequency();
-  for (int32_t target : {0, 3, 5}) {
+  ExpectProbabilities(PredictAll(transition, 7, 0));
+  for (int32_t target : {3, 5}) {
     probs = PredictAll(transition, 7, target);
     for (int32_t j = 0; j < experts; ++j) {
       EXPECT_EQ(probs[j], frequency[target * experts + j]) << target << " " << j;
@@ -325,6 +330,65 @@ TEST(TransitionPredictorTest, PredictsAheadOnlyWithinMaxDistanceElseFrequency) {
   transition.EndSequence(7);
   probs = PredictAll(transition, 7, 1);
   EXPECT_EQ(probs[0], frequency[1 * experts + 0]);
+}
+
+// Consecutive tokens linked: token t + 1 chooses Next(e) at every layer for each e token t chose,
+// while a token's layers are unrelated to each other. Only the next-token tables can predict.
+RoutingFn SuccessorRouting(int32_t num_experts) {
+  return [num_experts](int64_t s, int64_t t, int32_t l) {
+    std::mt19937_64 rng(s * 7919 + l * 104729);
+    std::vector<uint16_t> experts(num_experts);
+    std::iota(experts.begin(), experts.end(), 0);
+    std::shuffle(experts.begin(), experts.end(), rng);
+    std::vector<uint16_t> chosen = {experts[0], experts[1]};
+    for (int64_t i = 0; i < t; ++i) {
+      for (uint16_t& e : chosen) e = Next(e, num_experts);
+    }
+    return chosen;
+  };
+}
+
+TEST(TransitionPredictorTest, PredictsTheNextTokenFromThisTokensExpertsAtTheLayer) {
+  const int32_t layers = 4, experts = 16;
+  const RoutingTrace learn =
+      MakeTrace(layers, experts, 2, std::vector<int64_t>(30, 12), SuccessorRouting(experts));
+  TransitionPredictor transition(Options(layers, experts, 2));
+  ASSERT_TRUE(transition.Learn(learn).ok());
+  ASSERT_TRUE(transition.has_next_token_tables());
+  EXPECT_GT(transition.NextTokenProbability(2, 5, Next(5, experts)), 0.95f);
+  EXPECT_GT(transition.next_token_temperature(), 0.0f);
+
+  // A new sequence (own random start): after its first token's layers 0..2, layer 1 (passed)
+  // is predicted for the next token, and layer 3 (ahead) from this token's layers.
+  const uint16_t chosen[][2] = {{3, 8}, {0, 11}, {6, 14}};
+  transition.BeginSequence(1);
+  for (int32_t l = 0; l < 3; ++l) transition.Observe(1, l, chosen[l]);
+  std::vector<float> probs = PredictAll(transition, 1, 1);
+  ExpectProbabilities(probs);
+  const std::vector<ScoredExpert> top = TopExperts(probs, 2);
+  std::vector<int32_t> predicted = {top[0].expert, top[1].expert};
+  std::sort(predicted.begin(), predicted.end());
+  EXPECT_EQ(predicted, (std::vector<int32_t>{Next(0, experts), Next(11, experts)}));
+  EXPECT_GT(probs[Next(0, experts)], 0.8f);
+  // The previous token at a layer ahead: the second token's layer 3 is predicted from the first
+  // token's (weighted w_p) as well as from the second token's own layers.
+  transition.Observe(1, 0, std::vector<uint16_t>{Next(3, experts), Next(8, experts)});
+  probs = PredictAll(transition, 1, 3);
+  ExpectProbabilities(probs);
+}
+
+TEST(TransitionPredictorTest, FitsNoPreviousTokenWeightWhenTokensAreUnrelated) {
+  // ChainRouting draws each token independently: the previous token says nothing ahead.
+  const int32_t layers = 6, experts = 16;
+  const RoutingTrace learn =
+      MakeTrace(layers, experts, 2, std::vector<int64_t>(20, 30), ChainRouting(experts, 1));
+  TransitionPredictor transition(Options(layers, experts, 2));
+  ASSERT_TRUE(transition.Learn(learn).ok());
+  EXPECT_EQ(transition.previous_token_weight(), 0.0f);
+  const RoutingTrace linked =
+      MakeTrace(layers, experts, 2, std::vector<int64_t>(30, 12), SuccessorRouting(experts));
+  ASSERT_TRUE(transition.Learn(linked).ok());
+  EXPECT_GT(transition.previous_token_weight(), 0.0f);
 }
 
 TEST(TransitionPredictorTest, InterleavedSequencesKeepSeparateState) {
@@ -441,7 +505,10 @@ TEST(CombinedPredictorTest, FitsRecencyWeightForNextTokenOnRepeatingSequences) {
   const RoutingTrace learn = MakeTrace(layers, experts, 2, std::vector<int64_t>(20, 12), repeating);
   CombinedPredictor combined(Options(layers, experts, 2));
   ASSERT_TRUE(combined.Learn(learn).ok());
-  EXPECT_GT(combined.next_token_weights().recency, 0.0f);
+  // Recency and the transition part's next-token tables both see the repetition; the layer
+  // frequency alone cannot.
+  EXPECT_GT(combined.next_token_weights().recency + combined.next_token_weights().transition,
+            0.5f);
 
   // After a token, the next token's experts are the top 2 at every layer.
   const RoutingTrace replay = MakeTrace(layers, experts, 2, {0, 0, 0, 0, 0, 0, 0, 5}, repeating);
@@ -583,6 +650,91 @@ TEST(PredictorFileTest, LoadRejectsCorruptFiles) {
     std::filesystem::remove(path);
   }
   std::filesystem::remove(good);
+}
+
+// A transition file as written before the next-token tables: no "next_token",
+// "next_temperature" or "previous_token_weight".
+void WriteFileWithoutNextTokenTables(const PredictorOptions& options, const std::string& path) {
+  const TransitionPredictor source(options);
+  const int64_t d = options.max_distance + options.evidence_layers - 1;
+  const int64_t layers = options.space.num_layers, experts = options.space.num_experts;
+  SafetensorsWriter writer;
+  SetPredictorMetadata("transition", options, writer);
+  std::vector<float> table(d * layers * experts * experts);
+  for (int64_t i = 0; i < static_cast<int64_t>(table.size()); ++i) {
+    table[i] = source.Probability(static_cast<int32_t>(i / (layers * experts * experts)) + 1,
+                                  static_cast<int32_t>(i / (experts * experts) % layers),
+                                  static_cast<int32_t>(i / experts % experts),
+                                  static_cast<int32_t>(i % experts));
+  }
+  ASSERT_TRUE(AddF32Tensor(writer, "transition", {d, layers, experts, experts}, table).ok());
+  const std::span<const float> frequency = source.layer_frequency();
+  ASSERT_TRUE(AddF32Tensor(writer, "frequency", {layers, experts}, frequency).ok());
+  const float temperature[] = {2.0f};
+  ASSERT_TRUE(AddF32Tensor(writer, "temperature", {1}, temperature).ok());
+  ASSERT_TRUE(writer.Write(path).ok());
+}
+
+TEST(PredictorFileTest, LoadsFilesWrittenBeforeTheNextTokenTables) {
+  PredictorOptions options = Options(4, 8, 2);
+  const std::string path = TempPath("old_transition.safetensors");
+  WriteFileWithoutNextTokenTables(options, path);
+  TransitionPredictor transition(options);
+  const absl::Status status = transition.Load(path);
+  ASSERT_TRUE(status.ok()) << status;
+  EXPECT_FALSE(transition.has_next_token_tables());
+  EXPECT_EQ(transition.temperature(), 2.0f);
+  // A passed layer is predicted by its frequency, as before the tables existed.
+  transition.BeginSequence(0);
+  transition.Observe(0, 0, std::vector<uint16_t>{1, 2});
+  const std::vector<float> probs = PredictAll(transition, 0, 0);
+  for (int32_t j = 0; j < 8; ++j) EXPECT_EQ(probs[j], transition.layer_frequency()[j]);
+  // Saved again, it stays without them.
+  ASSERT_TRUE(transition.Save(path).ok());
+  TransitionPredictor reloaded(options);
+  ASSERT_TRUE(reloaded.Load(path).ok());
+  EXPECT_FALSE(reloaded.has_next_token_tables());
+  std::filesystem::remove(path);
+}
+
+TEST(PredictorFileTest, LoadRejectsBadNextTokenTables) {
+  PredictorOptions options = Options(4, 8, 2);
+  const std::string path = TempPath("bad_next.safetensors");
+  auto write = [&](float entry, float weight) {
+    const TransitionPredictor source(options);
+    const std::string good = TempPath("good_next.safetensors");
+    ASSERT_TRUE(source.Save(good).ok());
+    auto file = SafetensorsFile::Open(good);
+    ASSERT_TRUE(file.ok()) << file.status();
+    SafetensorsWriter writer;
+    SetPredictorMetadata("transition", options, writer);
+    for (const std::string name : {"transition", "frequency", "temperature", "next_token",
+                                   "next_temperature", "previous_token_weight"}) {
+      const TensorInfo* info = (*file)->Find(name);
+      ASSERT_NE(info, nullptr) << name;
+      std::vector<float> values(info->num_elements());
+      ASSERT_TRUE(ReadF32Tensor(**file, name, info->shape, values).ok());
+      if (name == "next_token") values[37] = entry;
+      if (name == "previous_token_weight") values[0] = weight;
+      ASSERT_TRUE(AddF32Tensor(writer, name, info->shape, values).ok());
+    }
+    ASSERT_TRUE(writer.Write(path).ok());
+    std::filesystem::remove(good);
+  };
+  for (float entry : {0.0f, 1.5f, std::nanf("")}) {
+    write(entry, 0.5f);
+    TransitionPredictor transition(options);
+    const absl::Status status = transition.Load(path);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << entry;
+    EXPECT_THAT(std::string(status.message()), HasSubstr("next_token[0][4] entry 5"));
+    EXPECT_THAT(std::string(status.message()), HasSubstr(path));
+  }
+  write(0.5f, -1.0f);
+  TransitionPredictor transition(options);
+  const absl::Status status = transition.Load(path);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("previous_token_weight is -1"));
+  std::filesystem::remove(path);
 }
 
 TEST(PredictorFileTest, AddSequencesAfterLoadFails) {
