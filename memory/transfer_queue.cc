@@ -148,7 +148,8 @@ bool TransferQueue::Cancel(ExpertKey key) {
   return true;
 }
 
-int64_t TransferQueue::CancelStale(int32_t layer, std::span<const ExpertKey> keep) {
+int64_t TransferQueue::CancelStale(int32_t layer, std::span<const ExpertKey> keep,
+                                   std::vector<ExpertKey>* cancelled_keys) {
   MOE_CHECK_MSG(layer >= 0 && layer < options_.space.num_layers,
                 "transfer queue: layer {} out of range ({} layers)", layer,
                 options_.space.num_layers);
@@ -165,6 +166,7 @@ int64_t TransferQueue::CancelStale(int32_t layer, std::span<const ExpertKey> kee
         priority_[k] != Index(TransferPriority::kDemand) && keep_mark_[k] != keep_stamp_) {
       Cancel(k);
       ++cancelled;
+      if (cancelled_keys != nullptr) cancelled_keys->push_back(k);
     }
   }
   return cancelled;

@@ -146,8 +146,10 @@ class TransferQueue {
 
   // The prediction for `layer` changed: cancels (as Cancel) every queued unconfirmed prefetch of
   // a key of `layer` that is not in `keep`. Keys of `keep` in other layers are ignored; demand
-  // transfers and transfers in flight are never touched. Returns the number cancelled.
-  int64_t CancelStale(int32_t layer, std::span<const ExpertKey> keep);
+  // transfers and transfers in flight are never touched. Returns the number cancelled and, when
+  // `cancelled` is given, appends their keys to it (the owner frees their cache slots).
+  int64_t CancelStale(int32_t layer, std::span<const ExpertKey> keep,
+                      std::vector<ExpertKey>* cancelled = nullptr);
 
   // The most urgent queued transfer, without starting it; nullopt when nothing is queued.
   std::optional<ExpertKey> Peek() const;

@@ -12,7 +12,9 @@ PrefetchPlanner::PrefetchPlanner(Predictor& predictor, ExpertScores* scores,
       space_(predictor.options().space),
       budget_(options.budget > 0 ? options.budget : predictor.options().top_k),
       probs_(static_cast<size_t>(space_.num_experts)),
-      order_(static_cast<size_t>(space_.num_experts)) {}
+      order_(static_cast<size_t>(space_.num_experts)) {
+  wanted_.reserve(static_cast<size_t>(budget_));
+}
 
 void PrefetchPlanner::Predict(int64_t seq, int32_t target) {
   predictor_.Predict(seq, target, probs_);

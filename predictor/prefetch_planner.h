@@ -8,11 +8,13 @@
 //   2. when `scores` is set (the "predictive" eviction policy reads them): the scores of `layer`
 //      become the prediction for its next visit (the sequence's next token);
 //   3. for d = 1 .. depth, target = (layer + d) mod L (wrapping to the next token's early layers):
-//      predict the target, refresh its scores, and prefetch its `budget` most probable experts
-//      (most probable first, stopping below `threshold`) that are not resident and that
-//      admit(d) accepts (the engine's link budget and cap; replay admits all): cache.Prefetch(key);
-//      for each expert that this inserts, on_prefetch(key, d) runs (the engine queues its copy,
-//      with a priority by distance d; replay queues it on the link model).
+//      predict the target, refresh its scores, call on_predicted(target, wanted) with the keys
+//      of its `budget` most probable experts (most probable first, stopping below `threshold`;
+//      the engine may cancel queued prefetches of the target that the prediction no longer
+//      names), and prefetch those of them that are not resident and that admit(d) accepts (the
+//      engine's link budget and cap; replay admits all): cache.Prefetch(key); for each expert
+//      that this inserts, on_prefetch(key, d) runs (the engine queues its copy, with a priority
+//      by distance d; replay queues it on the link model).
 //
 // No allocation after construction. Thread-safety: none (the cache's owner drives it).
 #pragma once
@@ -33,6 +35,11 @@ struct PrefetchOptions {
   double threshold = 0.0;  // only prefetch experts predicted with at least this probability
 };
 
+// The default on_predicted: nothing.
+struct IgnorePredicted {
+  void operator()(int32_t, std::span<const ExpertKey>) const {}
+};
+
 class PrefetchPlanner {
  public:
   // `scores` may be null. The predictor and scores must outlive the planner.
@@ -40,10 +47,11 @@ class PrefetchPlanner {
 
   // `token_state` (engine, prefill chunks): the token's own hidden state at
   // predictor.token_state_layer(), observed again after `hidden` when that layer is earlier.
-  template <typename Admit, typename OnPrefetch>
+  template <typename Admit, typename OnPrefetch, typename OnPredicted = IgnorePredicted>
   void AfterRouting(ExpertCache& cache, int64_t seq, int32_t layer,
                     std::span<const uint16_t> experts, std::span<const float> hidden, Admit&& admit,
-                    OnPrefetch&& on_prefetch, std::span<const float> token_state = {}) {
+                    OnPrefetch&& on_prefetch, std::span<const float> token_state = {},
+                    OnPredicted&& on_predicted = OnPredicted{}) {
     predictor_.Observe(seq, layer, experts);
     if (!hidden.empty()) predictor_.ObserveHidden(seq, layer, hidden);
     if (!token_state.empty() && predictor_.token_state_layer() < layer) {
@@ -58,11 +66,13 @@ class PrefetchPlanner {
       const int32_t target = (layer + d) % L;
       Predict(seq, target);
       if (scores_ != nullptr) scores_->SetLayer(target, probs_);
-      const int32_t n = TopExpertIds(probs_, budget_, order_);
-      for (int32_t i = 0; i < n; ++i) {
-        const int32_t e = order_[i];
-        if (probs_[e] < options_.threshold) break;  // most probable first
-        const ExpertKey key = space_.Key(target, e);
+      const int32_t top = TopExpertIds(probs_, budget_, order_);
+      wanted_.clear();
+      for (int32_t i = 0; i < top && probs_[order_[i]] >= options_.threshold; ++i) {
+        wanted_.push_back(space_.Key(target, order_[i]));  // most probable first
+      }
+      on_predicted(target, std::span<const ExpertKey>(wanted_));
+      for (const ExpertKey key : wanted_) {
         if (cache.Contains(key)) continue;
         if (!admit(d)) return;  // the link's budget or cap is spent for now
         if (cache.Prefetch(key)) on_prefetch(key, d);
@@ -86,6 +96,7 @@ class PrefetchPlanner {
   int32_t budget_;
   std::vector<float> probs_;
   std::vector<int32_t> order_;  // TopExpertIds scratch
+  std::vector<ExpertKey> wanted_;  // keys of one target's prediction; reserved budget_
   uint64_t garbage_predictions_ = 0;
 };
 

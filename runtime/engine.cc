@@ -117,6 +117,7 @@ struct Engine::Impl {
   std::vector<uint32_t> wave_order;          // scratch: wave members in expected arrival order
   // CPU fallback cost model (fake device): seconds per copy and per CPU expert.
   bool cpu_fallback = false;
+  bool cancel_stale_prefetches = false;  // EngineOptions::cancel_stale_prefetches
   double transfer_seconds = 0, cpu_seconds_per_byte = 0, cpu_seconds_per_flop = 0;
   uint64_t expert_bytes = 0;
 
@@ -157,6 +158,7 @@ struct Engine::Impl {
   std::vector<float> predicted;          // [E] scratch
   std::vector<int32_t> predicted_order;  // [E] scratch
   std::vector<uint16_t> token_experts;   // [K] scratch
+  std::vector<ExpertKey> stale_keys;     // CancelStalePrefetches scratch
   std::vector<int64_t> step_requests;    // request (predictor / trace sequence) of each token
   std::vector<Phase> step_phases;
   std::vector<int32_t> token_ids;  // of the step's tokens
@@ -210,6 +212,8 @@ struct Engine::Impl {
   absl::Status RunExpert(const AcquiredExpert& a, bool on_cpu);
   // Observes each token's routing (and hidden state) and queues the predicted prefetches.
   absl::Status PlanPrefetches(int32_t layer, int64_t n, PhaseStats& phase);
+  // Cancels the queued prefetches of `layer` that its new prediction (`wanted`) dropped.
+  void CancelStalePrefetches(int32_t layer, std::span<const ExpertKey> wanted);
 };
 
 absl::Status Engine::Impl::CreatePredictor(const EngineOptions& options, const ExpertSpace& space) {
@@ -346,6 +350,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Mod
   MOE_ASSIGN_OR_RETURN(m.cache, ExpertCache::Create(cache_options));
   if (m.predictor != nullptr) {
     m.planner = std::make_unique<PrefetchPlanner>(*m.predictor, m.scores.get(), options.prefetch);
+    m.cancel_stale_prefetches = options.cancel_stale_prefetches;
   }
   const uint64_t arena_bytes = static_cast<uint64_t>(m.cache->capacity_total()) * m.expert_bytes;
 
@@ -693,6 +698,8 @@ absl::Status Engine::Impl::PlanPrefetches(int32_t layer, int64_t n, PhaseStats& 
   if (state_layer == layer) {
     token_state.assign(hx, hx + n * H);
   }
+  // Only a single-token step's prediction supersedes earlier ones for the same layer visit.
+  const bool cancel_stale = cancel_stale_prefetches && n == 1;
   for (int64_t t = 0; t < n; ++t) {
     for (int64_t j = 0; j < K; ++j) token_experts[j] = static_cast<uint16_t>(layer_ids[t * K + j]);
     planner->AfterRouting(
@@ -704,13 +711,28 @@ absl::Status Engine::Impl::PlanPrefetches(int32_t layer, int64_t n, PhaseStats& 
           transfers->Prefetch(
               key, distance == 1 ? TransferPriority::kNextLayer : TransferPriority::kLookahead);
         },
-        state_layer >= 0 && state_layer < layer ? TokenState(t) : std::span<const float>());
+        state_layer >= 0 && state_layer < layer ? TokenState(t) : std::span<const float>(),
+        [&](int32_t target, std::span<const ExpertKey> wanted) {
+          if (cancel_stale) CancelStalePrefetches(target, wanted);
+        });
   }
   if (hidden && n > 1) std::memcpy(layer_out, hx, static_cast<size_t>(n * H) * sizeof(float));
   const auto start = Clock::now();
   transfers->Pump();
   phase.load_seconds += SecondsSince(start);
   return absl::OkStatus();
+}
+
+void Engine::Impl::CancelStalePrefetches(int32_t layer, std::span<const ExpertKey> wanted) {
+  stale_keys.clear();
+  transfers->CancelStale(layer, wanted, stale_keys);
+  for (const ExpertKey key : stale_keys) {
+    // A queued prefetch is unpinned (demand would have confirmed it, and confirmed transfers
+    // are never cancelled), so Erase cannot fail; its slot was never written.
+    const absl::StatusOr<bool> erased = cache->Erase(key);
+    MOE_CHECK_MSG(erased.ok() && *erased, "stale prefetch {} not erasable from the cache", key);
+  }
+  stats.stale_prefetches_cancelled += stale_keys.size();
 }
 
 void Engine::Impl::MeasureRecall(int32_t layer, int64_t n) {

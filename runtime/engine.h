@@ -64,6 +64,13 @@ struct EngineOptions {
   // and experts prefetched but not yet used (queued, on the link or landed) at any time.
   uint64_t prefetch_bytes_per_step = 0;
   int64_t max_unconfirmed_prefetches = 0;
+  // Cancel prefetches made stale: in a single-token step (batch-1 decode), a new prediction for
+  // a layer cancels that layer's prefetches still waiting in the copy queue that it no longer
+  // names, and frees their cache slots (EngineStats::stale_prefetches_cancelled). In a step of
+  // several tokens every token's prediction stands, so nothing is cancelled. Off by default:
+  // what is still queued depends on link timing, so with it on moe-replay (which has no copy
+  // queue) no longer reproduces the live hit rates exactly. Never changes results.
+  bool cancel_stale_prefetches = false;
   // Expert copies issued to the device's copy stream at a time (the rest wait in the priority
   // queue, where demand overtakes prefetches); >= 1.
   int32_t copy_window = 2;
@@ -133,6 +140,10 @@ struct EngineStats {
   PredictionRecall recall;
   TransferCounters transfers;  // expert copies: issued, cancelled, useful, late, wasted
   uint64_t failed_copies = 0;  // expert copies that failed (copied again when needed)
+  // Queued prefetches a newer prediction dropped (cancel_stale_prefetches; also in
+  // transfers.cancelled); the cache counts each as an unused prefetch (prefetch_wasted), though
+  // it never moved a byte.
+  uint64_t stale_prefetches_cancelled = 0;
   double device_seconds = 0;   // the device timeline (fake device: virtual compute + stall)
   // The cost model's CPU rates (measured at Create unless given); 0 without the fallback.
   double cpu_bytes_per_second = 0;

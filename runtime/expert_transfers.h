@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <deque>
 #include <optional>
+#include <span>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -59,6 +60,13 @@ class ExpertTransfers {
   void Prefetch(ExpertKey key, TransferPriority priority);
   // From the cache's eviction listener.
   void OnEvicted(ExpertKey key);
+  // A new prediction for `layer` names only `keep`: cancels the queued prefetches of the layer's
+  // other experts (TransferQueue::CancelStale) and appends their keys to `cancelled`. Their
+  // copies never start; the caller must erase them from the cache (their slots hold nothing).
+  int64_t CancelStale(int32_t layer, std::span<const ExpertKey> keep,
+                      std::vector<ExpertKey>& cancelled) {
+    return queue_.CancelStale(layer, keep, &cancelled);
+  }
 
   // Retires completed copies and issues queued ones while fewer than `window` are in flight.
   void Pump();

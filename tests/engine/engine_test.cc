@@ -544,6 +544,35 @@ TEST(Engine, PrefetchLimitsBoundTheLinkBytesPerStepAndUnconfirmedPrefetches) {
   EXPECT_THAT(std::string(e.status().message()), HasSubstr("prefetch limits"));
 }
 
+TEST(Engine, CancellingStalePrefetchesFreesTheirSlotsAndKeepsResultsExact) {
+  // Two layers ahead, a narrow copy window and a slow link: prefetches wait in the queue long
+  // enough for the next layer's prediction to drop some of them.
+  auto options = [](bool cancel) {
+    EngineOptions o = FakeDeviceOptionsFor("gate", 2);
+    o.copy_window = 1;
+    o.prefetch.budget = 3;
+    o.cancel_stale_prefetches = cancel;
+    return o;
+  };
+  auto keep = MakeEngine(options(false));
+  auto cancel = MakeEngine(options(true));
+  ASSERT_NE(keep, nullptr);
+  ASSERT_NE(cancel, nullptr);
+  EXPECT_EQ(MaxAbsDiff(RunRequests(*cancel), RunRequests(*keep)), 0.0);
+  const EngineStats k = keep->stats(), c = cancel->stats();
+  EXPECT_EQ(k.stale_prefetches_cancelled, 0u);
+  EXPECT_GT(c.stale_prefetches_cancelled, 0u);
+  // Each one was dropped from the copy queue (no link bytes) and from the cache (an unused
+  // prefetch), and the queue's books still balance.
+  EXPECT_GE(c.transfers.cancelled, c.stale_prefetches_cancelled);
+  EXPECT_GE(c.cache.prefetch_wasted, c.stale_prefetches_cancelled);
+  EXPECT_EQ(c.transfers.bytes_started, c.transfers.started * TinyModel()->weights.expert_bytes);
+  // (The last token's prefetches for a next token may still be queued at the end.)
+  EXPECT_LE(c.transfers.started + c.transfers.cancelled,
+            c.transfers.demand_issued + c.transfers.prefetch_issued);
+  EXPECT_LT(c.transfers.bytes_started, k.transfers.bytes_started);
+}
+
 TEST(Engine, FailedExpertCopiesAreRetriedAndResultsStayExact) {
   auto reference = MakeEngine(FakeDeviceOptionsFor("gate", 1));
   ASSERT_NE(reference, nullptr);

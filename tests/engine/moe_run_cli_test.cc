@@ -153,8 +153,19 @@ TEST_F(MoeRunTest, PrefetchBenchRunsAndRejectsBadFlags) {
   ASSERT_EQ(r.exit_code, 0) << r.errors;
   EXPECT_THAT(r.output, HasSubstr("gate:1"));
   EXPECT_THAT(r.output, HasSubstr("floor (whole run)"));
+  // Two requests decoded side by side, with stale prefetches cancelled.
+  const CommandResult batched = RunTool("moe-prefetch-bench --model " + tiny +
+                                        " --prompts 3 --tokens 3 --batch 2 "
+                                        "--configs none:0,gate:2+cancel");
+  ASSERT_EQ(batched.exit_code, 0) << batched.errors;
+  EXPECT_THAT(batched.output, HasSubstr("3 requests x 3 steps, 2 at a time"));
+  EXPECT_THAT(batched.output, HasSubstr("gate:2+cancel"));
   ExpectOneErrorLine(RunTool("moe-prefetch-bench --model " + tiny + " --configs gate:x"),
-                     "bad entry 'gate:x'", "moe-prefetch-bench");
+                     "bad depth in 'gate:x'", "moe-prefetch-bench");
+  ExpectOneErrorLine(RunTool("moe-prefetch-bench --model " + tiny + " --configs gate:1+fast"),
+                     "unknown option '+fast'", "moe-prefetch-bench");
+  ExpectOneErrorLine(RunTool("moe-prefetch-bench --model " + tiny + " --batch 0"), "--batch 0",
+                     "moe-prefetch-bench");
   ExpectOneErrorLine(RunTool("moe-prefetch-bench --model " + tiny + " --expert-budget 0"),
                      "--expert-budget 0", "moe-prefetch-bench");
   ExpectOneErrorLine(RunTool("moe-prefetch-bench --model " + tiny + " --configs oracle:1"),

@@ -386,7 +386,9 @@ TEST(TransferQueue, CancelStaleDropsUnpredictedQueuedPrefetchesOfOneLayer) {
   const uint64_t charged = q.step_prefetch_bytes();
   EXPECT_EQ(charged, 7 * kBytes);  // the started l1+3 stays charged
   const std::vector<ExpertKey> keep = {l1 + 0, /*another layer: ignored*/ 2};
-  EXPECT_EQ(q.CancelStale(1, keep), 2);
+  std::vector<ExpertKey> cancelled = {99};  // appended to
+  EXPECT_EQ(q.CancelStale(1, keep, &cancelled), 2);
+  EXPECT_EQ(cancelled, (std::vector<ExpertKey>{99, l1 + 1, l1 + 2}));
   EXPECT_EQ(q.state(l1 + 1), State::kIdle);
   EXPECT_EQ(q.state(l1 + 2), State::kIdle);
   EXPECT_EQ(q.state(l1 + 0), State::kQueued);

@@ -6,6 +6,8 @@
 #include <limits>
 #include <vector>
 
+#include "fmt/format.h"
+#include "fmt/ranges.h"
 #include "gtest/gtest.h"
 
 namespace moe {
@@ -75,6 +77,31 @@ TEST(PrefetchPlanner, PrefetchesTheMostProbableExpertsOfTheNextLayersAboveTheThr
       [&](ExpertKey key, int32_t d) { got.emplace_back(key, d); });
   EXPECT_TRUE(got.empty());
   EXPECT_EQ(planner.garbage_predictions(), 0u);
+}
+
+TEST(PrefetchPlanner, ReportsEachTargetsWantedExpertsBeforePrefetchingThem) {
+  FixedPredictor p(Options(), {0.1f, 0.9f, 0.3f, 0.8f, 0.05f, 0.2f});
+  PrefetchPlanner planner(p, nullptr, PrefetchOptions{2, 3, 0.25});
+  auto cache = Cache(4);
+  const ExpertSpace s{kLayers, kExperts};
+  ASSERT_TRUE(cache->Prefetch(s.Key(1, 3)));  // resident already: still wanted
+  std::vector<std::string> events;
+  const uint16_t experts[] = {0, 1};
+  planner.AfterRouting(
+      *cache, 0, 0, experts, {}, [](int32_t) { return true; },
+      [&](ExpertKey key, int32_t) { events.push_back(fmt::format("prefetch {}", key)); }, {},
+      [&](int32_t target, std::span<const ExpertKey> wanted) {
+        events.push_back(fmt::format("layer {} wants {}", target, fmt::join(wanted, ",")));
+      });
+  // Most probable first, cut at the threshold (expert 5, 0.2, is not wanted); the report comes
+  // before that layer's prefetches, so the owner can drop stale ones first.
+  const std::vector<std::string> want = {
+      fmt::format("layer 1 wants {},{},{}", s.Key(1, 1), s.Key(1, 3), s.Key(1, 2)),
+      fmt::format("prefetch {}", s.Key(1, 1)), fmt::format("prefetch {}", s.Key(1, 2)),
+      fmt::format("layer 2 wants {},{},{}", s.Key(2, 1), s.Key(2, 3), s.Key(2, 2)),
+      fmt::format("prefetch {}", s.Key(2, 1)), fmt::format("prefetch {}", s.Key(2, 3)),
+      fmt::format("prefetch {}", s.Key(2, 2))};
+  EXPECT_EQ(events, want);
 }
 
 TEST(PrefetchPlanner, StopsWhenTheLinkAdmitsNoMorePrefetches) {

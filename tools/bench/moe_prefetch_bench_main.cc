@@ -6,7 +6,9 @@
 // (each prompt of --prompt-file, or synthetic ones, then --tokens greedy decode steps) and
 // prints device time beside the on-demand baseline (the first configuration) and the floor
 // max(compute, Belady loads x transfer time), Belady computed by replaying the baseline's own
-// trace with the same capacity and scope.
+// trace with the same capacity and scope. With --batch B, B requests decode side by side
+// (continuous batching: each decode step runs one token of every active request; a finished
+// request's slot takes the next prompt, whose prefill runs as its own step).
 //   moe-prefetch-bench --model DIR [--prompt-file F] [--configs none:0,gate:1] [--expert-budget 25]
 #include <algorithm>
 #include <fstream>
@@ -32,8 +34,41 @@ struct Config {
   std::string predictor;
   int32_t depth = 0;
   bool cpu_fallback = false;
+  bool cancel_stale = false;
   std::string policy;  // empty: --policy
 };
+
+// "predictor:depth[@policy][+cpu][+cancel]".
+absl::StatusOr<Config> ParseConfig(const std::string& text) {
+  Config config;
+  config.name = text;
+  std::string c = text;
+  for (size_t plus; (plus = c.rfind('+')) != std::string::npos; c.resize(plus)) {
+    const std::string flag = c.substr(plus + 1);
+    if (flag == "cpu") {
+      config.cpu_fallback = true;
+    } else if (flag == "cancel") {
+      config.cancel_stale = true;
+    } else {
+      return InvalidArgument("--configs: unknown option '+{}' in '{}' (valid: +cpu, +cancel)",
+                             flag, text);
+    }
+  }
+  if (const size_t at = c.find('@'); at != std::string::npos) {
+    config.policy = c.substr(at + 1);
+    c.resize(at);
+  }
+  const size_t colon = c.find(':');
+  config.predictor = c.substr(0, colon);
+  if (colon != std::string::npos) {
+    char* end = nullptr;
+    config.depth = static_cast<int32_t>(std::strtol(c.c_str() + colon + 1, &end, 10));
+    if (*end != '\0' || end == c.c_str() + colon + 1) {
+      return InvalidArgument("--configs: bad depth in '{}'", text);
+    }
+  }
+  return config;
+}
 
 struct RunResult {
   EngineStats stats;
@@ -67,19 +102,57 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> Prompts(const Model& model,
   return prompts;
 }
 
+int32_t Argmax(std::span<const float> logits) {
+  return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+}
+
+// Runs every prompt for `tokens` greedy steps (the first is its prefill), `batch` requests at a
+// time: each request holds an engine sequence until done, then the next prompt takes it.
 absl::StatusOr<RunResult> Run(std::shared_ptr<const Model> model, EngineOptions options,
-                              const std::vector<std::vector<int32_t>>& prompts, int64_t tokens) {
+                              const std::vector<std::vector<int32_t>>& prompts, int64_t tokens,
+                              int32_t batch) {
+  options.max_sequences = batch;
   MOE_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(model, options));
   engine->StartTrace();
-  std::vector<float> logits(static_cast<size_t>(model->config.vocab_size));
-  for (const std::vector<int32_t>& prompt : prompts) {
-    MOE_RETURN_IF_ERROR(engine->ResetSequence(0));
-    std::vector<int32_t> next = prompt;
-    for (int64_t t = 0; t < tokens; ++t) {
-      const SequenceTokens entry{0, next};
-      MOE_RETURN_IF_ERROR(engine->Evaluate({&entry, 1}, false, logits));
-      next = {
-          static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin())};
+  const auto vocab = static_cast<size_t>(model->config.vocab_size);
+  std::vector<float> logits(vocab * static_cast<size_t>(batch));
+  struct Request {
+    int64_t steps = 0;  // done; 0: the slot is free
+    int32_t next = 0;   // the token to append
+  };
+  std::vector<Request> slots(static_cast<size_t>(batch));
+  size_t next_prompt = 0;
+  std::vector<SequenceTokens> entries;
+  std::vector<int32_t> entry_slot;
+  for (;;) {
+    // Free slots take the next prompts; each prefill is its own step.
+    for (int32_t s = 0; s < batch && next_prompt < prompts.size(); ++s) {
+      if (slots[s].steps != 0) continue;
+      MOE_RETURN_IF_ERROR(engine->ResetSequence(s));
+      const SequenceTokens entry{s, prompts[next_prompt++]};
+      MOE_RETURN_IF_ERROR(engine->Evaluate({&entry, 1}, false, {logits.data(), vocab}));
+      slots[s] = {1, Argmax({logits.data(), vocab})};
+      if (tokens == 1) slots[s].steps = 0;
+    }
+    // One decode step over every active request.
+    entries.clear();
+    entry_slot.clear();
+    for (int32_t s = 0; s < batch; ++s) {
+      if (slots[s].steps == 0) continue;
+      entries.push_back({s, {&slots[s].next, 1}});
+      entry_slot.push_back(s);
+    }
+    if (entries.empty()) {
+      if (next_prompt >= prompts.size()) break;
+      continue;
+    }
+    MOE_RETURN_IF_ERROR(
+        engine->Evaluate(entries, false, {logits.data(), vocab * entries.size()}));
+    for (size_t i = 0; i < entries.size(); ++i) {
+      Request& r = slots[static_cast<size_t>(entry_slot[i])];
+      r.next = Argmax({logits.data() + i * vocab, vocab});
+      ++r.steps;
+      if (r.steps >= tokens) r.steps = 0;  // done: the slot is free
     }
   }
   RunResult r;
@@ -93,7 +166,7 @@ int Main(int argc, char** argv) {
   std::string model_dir, prompt_file, configs_text = "none:0,gate:1,gate:2,frequency:1",
                                       policy = "lru", scope = "global";
   int64_t tokens = 32, prompts_count = 32, prompt_len = 32, window = 2, max_unconfirmed = 0,
-          step_experts = 0;
+          step_experts = 0, batch = 1;
   double budget_percent = 25, link_gbps = 25, compute_gbps = 3350, latency_us = 10, cpu_gbps = 20,
          threshold = 0;
   FlagSet flags("moe-prefetch-bench",
@@ -109,9 +182,11 @@ int Main(int argc, char** argv) {
   flags.AddInt("prompts", &prompts_count, "requests to run at most");
   flags.AddInt("prompt-tokens", &prompt_len, "synthetic prompt length");
   flags.AddInt("tokens", &tokens, "greedy steps per request (the first is the prefill)");
+  flags.AddInt("batch", &batch, "requests decoded side by side (continuous batching)");
   flags.AddString("configs", &configs_text,
-                  "predictor:depth[@policy][+cpu] list: '@predictive' overrides --policy, '+cpu' "
-                  "adds the CPU fallback (e.g. gate:1@predictive+cpu); the first is the "
+                  "predictor:depth[@policy][+cpu][+cancel] list: '@predictive' overrides "
+                  "--policy, '+cpu' adds the CPU fallback, '+cancel' cancels queued prefetches "
+                  "a newer prediction dropped (e.g. gate:1@predictive+cpu); the first is the "
                   "baseline (none:0 is on-demand)");
   flags.AddDouble("expert-budget", &budget_percent, "expert budget, percent of all expert bytes");
   flags.AddString("policy", &policy, "eviction policy");
@@ -134,29 +209,14 @@ int Main(int argc, char** argv) {
     if (model_dir.empty()) return InvalidArgument("--model DIR is required");
     SetLogLevel(LogLevel::kWarning);  // the table is the output; engine chatter is not
     if (tokens < 1) return InvalidArgument("--tokens {} must be >= 1", tokens);
+    if (batch < 1 || batch > 1024) return InvalidArgument("--batch {} must be in [1, 1024]", batch);
     if (!(budget_percent > 0 && budget_percent <= 100)) {
       return InvalidArgument("--expert-budget {} must be in (0, 100]", budget_percent);
     }
     std::vector<Config> configs;
-    for (std::string c : SplitList(configs_text)) {
-      Config config;
-      config.name = c;
-      if (c.size() > 4 && c.substr(c.size() - 4) == "+cpu") {
-        config.cpu_fallback = true;
-        c.resize(c.size() - 4);
-      }
-      if (const size_t at = c.find('@'); at != std::string::npos) {
-        config.policy = c.substr(at + 1);
-        c.resize(at);
-      }
-      const size_t colon = c.find(':');
-      config.predictor = c.substr(0, colon);
-      if (colon != std::string::npos) {
-        char* end = nullptr;
-        config.depth = static_cast<int32_t>(std::strtol(c.c_str() + colon + 1, &end, 10));
-        if (*end != '\0') return InvalidArgument("--configs: bad entry '{}'", config.name);
-      }
-      configs.push_back(config);
+    for (const std::string& c : SplitList(configs_text)) {
+      MOE_ASSIGN_OR_RETURN(Config config, ParseConfig(c));
+      configs.push_back(std::move(config));
     }
     if (configs.empty()) return InvalidArgument("--configs is empty");
     MOE_ASSIGN_OR_RETURN(std::shared_ptr<const Model> model, Model::Load(model_dir));
@@ -185,15 +245,17 @@ int Main(int argc, char** argv) {
 
     const double transfer_s = latency_us * 1e-6 + double(expert_bytes) / (link_gbps * 1e9);
     std::cout << fmt::format(
-        "model {} ({} layers x {} experts, top-{}, expert {:.1f} KiB); {} requests x {} steps\n"
+        "model {} ({} layers x {} experts, top-{}, expert {:.1f} KiB); {} requests x {} steps, "
+        "{} at a time\n"
         "fake device: link {} GB/s + {} us per copy (one expert {:.1f} us), compute {} GB/s "
         "(one expert {:.2f} us); expert budget {}% ({} policy, {} scope)\n\n",
         model_dir, c.num_layers, c.num_experts, c.top_k, expert_bytes / 1024.0, prompts.size(),
-        tokens, link_gbps, latency_us, transfer_s * 1e6, compute_gbps,
+        tokens, batch, link_gbps, latency_us, transfer_s * 1e6, compute_gbps,
         double(expert_bytes) / (compute_gbps * 1e9) * 1e6, budget_percent, policy, scope);
     std::cout << fmt::format(
-        "{:<24} {:>10} {:>9} {:>9} {:>9} {:>7} {:>9} {:>10} {:>8} {:>7} {:>6}\n", "config",
+        "{:<24} {:>10} {:>9} {:>9} {:>9} {:>7} {:>9} {:>10} {:>8} {:>9} {:>7} {:>6}\n", "config",
         "total ms", "decode ms", "vs base", "stall ms", "hit", "link MiB", "prefetched", "useful",
+        "cancelled",
         "wasted", "on cpu");
     double base_decode = 0, base_compute = 0, cpu_bytes_rate = 0, cpu_flop_rate = 0;
     RoutingTrace base_trace;
@@ -207,8 +269,10 @@ int Main(int argc, char** argv) {
             learned_file.empty() ? model_dir + "/learned_predictor.safetensors" : learned_file;
       }
       options.cpu_fallback = configs[i].cpu_fallback;
+      options.cancel_stale_prefetches = configs[i].cancel_stale;
       if (!configs[i].policy.empty()) options.policy = configs[i].policy;
-      MOE_ASSIGN_OR_RETURN(RunResult r, Run(model, options, prompts, tokens));
+      MOE_ASSIGN_OR_RETURN(RunResult r,
+                           Run(model, options, prompts, tokens, static_cast<int32_t>(batch)));
       const EngineStats& s = r.stats;
       const TransferCounters& t = s.transfers;
       if (configs[i].cpu_fallback) {
@@ -226,12 +290,13 @@ int Main(int argc, char** argv) {
       const double wasted =
           t.bytes_started ? double(t.wasted_bytes) / double(t.bytes_started) : 0.0;
       std::cout << fmt::format(
-          "{:<24} {:>10.3f} {:>9.3f} {:>8.3f}x {:>9.3f} {:>7.4f} {:>9.1f} {:>10} {:>8} {:>6.1f}% "
-          "{:>6}\n",
+          "{:<24} {:>10.3f} {:>9.3f} {:>8.3f}x {:>9.3f} {:>7.4f} {:>9.1f} {:>10} {:>8} {:>9} "
+          "{:>6.1f}% {:>6}\n",
           configs[i].name, s.device_seconds * 1e3, s.decode.device_seconds * 1e3,
           base_decode > 0 ? s.decode.device_seconds / base_decode : 0,
           s.device.copy_stall_seconds * 1e3, s.cache.hit_rate(),
-          double(t.bytes_started) / (1 << 20), t.prefetch_issued, t.useful, 100.0 * wasted,
+          double(t.bytes_started) / (1 << 20), t.prefetch_issued, t.useful,
+          s.stale_prefetches_cancelled, 100.0 * wasted,
           s.cpu_fallbacks);
     }
     // The floor for the whole run: Belady's loads for the baseline's trace over the link, or the
@@ -241,7 +306,10 @@ int Main(int argc, char** argv) {
     ro.budget_bytes = slot_bytes;
     ro.expert_bytes = expert_bytes;
     ro.policy = "belady";
-    const ReplaySchedule schedule(base_trace, {}, 1, 256);
+    // With a batch, replay interleaves the requests' tokens one per step (prefill too), which
+    // approximates the run's steps (its prefills ran as chunks).
+    const ReplaySchedule schedule(base_trace, {}, static_cast<int32_t>(batch),
+                                  batch == 1 ? 256 : 0);
     MOE_ASSIGN_OR_RETURN(ReplayResult belady, RunReplay(base_trace, schedule, ro, nullptr));
     const double floor = std::max(base_compute, double(belady.stats.loads()) * transfer_s);
     std::cout << fmt::format(
@@ -256,8 +324,9 @@ int Main(int argc, char** argv) {
           cpu_gbps > 0 ? "bandwidth given by --cpu-gbps, flop rate measured at start-up"
                        : "both measured at start-up on this machine's CPU");
     }
-    std::cout << "wasted = bytes of prefetches moved and evicted unused / bytes moved; on cpu = "
-                 "missed experts the cost model sent to the CPU instead of waiting\n";
+    std::cout << "wasted = bytes of prefetches moved and evicted unused / bytes moved; cancelled = "
+                 "queued prefetches a newer prediction dropped (+cancel); on cpu = missed experts "
+                 "the cost model sent to the CPU instead of waiting\n";
     return absl::OkStatus();
   });
 }
