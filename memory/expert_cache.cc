@@ -16,6 +16,7 @@
 #include "memory/expert_cache.h"
 
 #include <algorithm>
+#include <bit>
 #include <cstdlib>
 #include <string>
 #include <utility>
@@ -182,7 +183,7 @@ ExpertCache::Access ExpertCache::AcquireMiss(ExpertKey key, const AccessHint& hi
 // "lru" miss: the list walk, unlink and insert happen in one pass and nothing is loaded twice. A
 // miss is mostly a chain of dependent loads (sentinel, tail node, its pin count, its neighbours,
 // its slot), so fewer links in that chain is what makes it fast.
-ExpertCache::Access ExpertCache::AcquireMissLru(ExpertKey key, uint32_t part) {
+inline int32_t ExpertCache::LoadLru(ExpertKey key, uint32_t part) {
   int32_t slot;
   int32_t& free = free_count_[part];
   if (free > 0) [[unlikely]] {
@@ -192,7 +193,7 @@ ExpertCache::Access ExpertCache::AcquireMissLru(ExpertKey key, uint32_t part) {
     ++resident_;
   } else {
     const ExpertKey victim = lru_lists_.Replace(part, pins_.data(), key);
-    if (victim == kNoExpert) return MakeAccess(Outcome::kNoRoom, -1, false);
+    if (victim == kNoExpert) return -1;
     const int32_t code = slot_[victim];
     slot = DecodeSlot(code);
     if (code < 0) CountWastedPrefetch();  // prefetched, never used
@@ -204,7 +205,133 @@ ExpertCache::Access ExpertCache::AcquireMissLru(ExpertKey key, uint32_t part) {
   ++stats_.misses;
   slot_[key] = slot;
   pins_[key] = 1;
-  return MakeAccess(Outcome::kLoaded, slot, false);
+  return slot;
+}
+
+ExpertCache::Access ExpertCache::AcquireMissLru(ExpertKey key, uint32_t part) {
+  const int32_t slot = LoadLru(key, part);
+  return MakeAccess(slot < 0 ? Outcome::kNoRoom : Outcome::kLoaded, slot, false);
+}
+
+bool ExpertCache::AccessSet(ExpertKey layer_first, std::span<const uint16_t> experts) {
+  const uint32_t part = PartitionOf(layer_first);
+  CheckLayerFirst(layer_first, part);
+  if (!lru_ || experts.size() > 64) return AccessSetGeneric(layer_first, experts);
+  return AccessSetLru(part, layer_first, experts.data(), static_cast<uint32_t>(experts.size()),
+                      RawState());
+}
+
+int32_t ExpertCache::AccessToken(std::span<const uint16_t> routing, int32_t top_k) {
+  const ExpertSpace& space = options_.space;
+  MOE_CHECK_MSG(top_k > 0 && routing.size() == size_t(space.num_layers) * size_t(top_k),
+                "access token: {} ids for {} layers x top_k {}", routing.size(),
+                space.num_layers, top_k);
+  const RawView raw = RawState();
+  for (int32_t l = 0; l < space.num_layers; ++l) {
+    const ExpertKey first = space.Key(l, 0);
+    const uint16_t* experts = routing.data() + size_t(l) * size_t(top_k);
+    const bool room =
+        lru_ && top_k <= 64
+            ? AccessSetLru(PartitionOf(first), first, experts, static_cast<uint32_t>(top_k), raw)
+            : AccessSetGeneric(first, {experts, static_cast<size_t>(top_k)});
+    if (!room) return l;
+  }
+  return -1;
+}
+
+void ExpertCache::CheckLayerFirst(ExpertKey layer_first, uint32_t part) const {
+  // All the set's keys are in `part` when layer_first starts a layer (with layer scope; there is
+  // one partition otherwise). A multiply checks it: a division here cost ~10% of the call.
+  MOE_CHECK_MSG(layer_first < num_keys_ &&
+                    (!layer_scope_ || part * uint32_t(options_.space.num_experts) == layer_first),
+                "access set: {} is not a layer's first expert key", layer_first);
+}
+
+// The LRU path of Acquire with the partition computed once, the hits and the common miss (a full
+// partition) inline over raw pointers: as fast as a hand-written LRU loop, nearly (the replay
+// tool runs this tens of millions of times per second).
+[[gnu::always_inline]] inline bool ExpertCache::AccessSetLru(uint32_t part, ExpertKey layer_first,
+                                      const uint16_t* experts, uint32_t n, const RawView& raw) {
+  const auto num_experts = static_cast<uint32_t>(options_.space.num_experts);
+  int32_t* const slots = raw.slots;
+  uint16_t* const pins = raw.pins;
+  const internal::IndexLists::Raw& lists = raw.lists;
+  uint64_t missing = 0;  // bit j: experts[j] was not resident
+  uint64_t hits = 0;
+  for (uint32_t j = 0; j < n; ++j) {
+    MOE_CHECK_MSG(experts[j] < num_experts, "access set: expert {} out of range [0, {})",
+                  experts[j], num_experts);
+    const ExpertKey key = layer_first + experts[j];
+    const int32_t code = slots[key];
+    if (code >= 0 && pins[key] != 0xFFFF) [[likely]] {
+      ++pins[key];
+      ++hits;
+      lists.MoveToFront(part, key);
+    } else if (code == kAbsent) {
+      missing |= uint64_t{1} << j;
+    } else {
+      AcquireSlow(key, AccessHint{});  // a prefetched expert's first use, or a pin overflow
+    }
+  }
+  stats_.hits += hits;
+  bool room = true;
+  const bool full = free_count_[part] == 0 && !listener_;
+  uint64_t misses = 0;
+  for (uint64_t left = missing; left != 0; left &= left - 1) {
+    const uint32_t j = static_cast<uint32_t>(std::countr_zero(left));
+    const ExpertKey key = layer_first + experts[j];
+    if (full) {
+      const uint32_t end = lists.num_nodes + part;
+      uint32_t victim = lists.links[end].prev;
+      while (victim != end && pins[victim] != 0) victim = lists.links[victim].prev;
+      if (victim != end) [[likely]] {
+        const int32_t code = slots[victim];
+        if (code < 0) CountWastedPrefetch();  // prefetched, never used
+        slots[victim] = kAbsent;
+        lists.Remove(victim);
+        lists.PushFront(part, key);
+        slots[key] = DecodeSlot(code);
+        pins[key] = 1;
+        ++misses;
+        continue;
+      }
+    } else if (LoadLru(key, part) >= 0) {
+      continue;
+    }
+    room = false;
+    missing = left;  // experts[j] and the later misses were not acquired
+    break;
+  }
+  stats_.misses += misses;
+  if (room) [[likely]] {
+    for (uint32_t j = 0; j < n; ++j) --pins[layer_first + experts[j]];  // each acquired above
+    return true;
+  }
+  for (uint32_t j = 0; j < n; ++j) {
+    if (!(missing >> j & 1)) Release(layer_first + experts[j]);
+  }
+  return false;
+}
+
+bool ExpertCache::AccessSetGeneric(ExpertKey layer_first, std::span<const uint16_t> experts) {
+  const auto num_experts = static_cast<uint32_t>(options_.space.num_experts);
+  for (uint16_t e : experts) {
+    MOE_CHECK_MSG(e < num_experts, "access set: expert {} out of range [0, {})", e, num_experts);
+  }
+  std::vector<uint8_t> acquired(experts.size(), 0);
+  bool room = true;
+  for (int pass = 0; pass < 2 && room; ++pass) {  // resident members first, then the missing
+    for (size_t j = 0; j < experts.size() && room; ++j) {
+      const ExpertKey key = layer_first + experts[j];
+      if (acquired[j] || Contains(key) != (pass == 0)) continue;
+      room = Acquire(key).outcome != Outcome::kNoRoom;
+      acquired[j] = room;
+    }
+  }
+  for (size_t j = 0; j < experts.size(); ++j) {
+    if (acquired[j]) Release(layer_first + experts[j]);
+  }
+  return room;
 }
 
 ExpertCache::Access ExpertCache::AcquireSlow(ExpertKey key, const AccessHint& hint) {

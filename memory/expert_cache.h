@@ -35,6 +35,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -102,6 +103,18 @@ class ExpertCache {
   // pinned (e.g. a set larger than the capacity); nothing changed and nothing was counted.
   Access Acquire(ExpertKey key, const AccessHint& hint = {});
 
+  // The demand access of one token at one layer, released at once: exactly Acquire of the
+  // experts `layer_first + experts[j]` that are resident, in order, then of the missing ones, in
+  // order, then Release of all, in one call (the replay tool's hot loop; no AccessHint, so not
+  // for "belady"). `layer_first` is space.Key(layer, 0) and every expert < num_experts
+  // (MOE_CHECK). Returns false when a missing expert found every entry of its partition pinned;
+  // the members acquired before it are released and stay counted.
+  bool AccessSet(ExpertKey layer_first, std::span<const uint16_t> experts);
+  // AccessSet at every MoE layer in order, for one token whose `routing` holds top_k experts
+  // per layer (num_layers x top_k ids, layer-major). Returns -1, or the first layer whose set
+  // found no room (AccessSet returned false; later layers were not accessed).
+  int32_t AccessToken(std::span<const uint16_t> routing, int32_t top_k);
+
   // Brings `key` in without pinning it (a prefetch). Returns false, changing nothing, when `key`
   // is already resident or no unpinned victim exists; true when it inserted (the caller starts
   // the copy). Prefetches never count as accesses.
@@ -155,6 +168,21 @@ class ExpertCache {
   template <class P>
   Access AcquireMiss(ExpertKey key, const AccessHint& hint);
   [[gnu::noinline]] Access AcquireMissLru(ExpertKey key, uint32_t part);
+  // The "lru" miss of `key` in partition `part`: its slot, or -1 (nothing changed) when every
+  // entry is pinned.
+  int32_t LoadLru(ExpertKey key, uint32_t part);
+  bool AccessSetGeneric(ExpertKey layer_first, std::span<const uint16_t> experts);
+  // AccessSet's hot path: raw views of the per-key arrays and the LRU lists, taken once per
+  // call (nothing reallocates them after Create).
+  struct RawView {
+    int32_t* slots;
+    uint16_t* pins;
+    internal::IndexLists::Raw lists;
+  };
+  RawView RawState() { return {slot_.data(), pins_.data(), lru_lists_.raw_lists()}; }
+  bool AccessSetLru(uint32_t part, ExpertKey layer_first, const uint16_t* experts, uint32_t n,
+                    const RawView& raw);
+  void CheckLayerFirst(ExpertKey layer_first, uint32_t part) const;
   [[gnu::noinline]] void NotifyEviction(ExpertKey key, int32_t slot);
   void CountWastedPrefetch() {
     --unused_prefetched_;

@@ -57,11 +57,43 @@ class IndexLists {
     InsertAfter(End(list), node);
   }
 
- private:
   struct Link {
     uint32_t prev;
     uint32_t next;
   };
+  // The list operations of a hot loop over raw pointers: the loop keeps them in registers
+  // (through the vector, every store makes the compiler reload its data pointer). Valid while
+  // the IndexLists lives; use no other access to it meanwhile.
+  struct Raw {
+    Link* links;
+    uint32_t num_nodes;
+    void Remove(uint32_t node) const {
+      const Link l = links[node];
+      links[l.prev].next = l.next;
+      links[l.next].prev = l.prev;
+      links[node] = {kDetached, kDetached};
+    }
+    void PushFront(uint32_t list, uint32_t node) const {
+      const uint32_t head = num_nodes + list;
+      const uint32_t next = links[head].next;
+      links[node] = {head, next};
+      links[next].prev = node;
+      links[head].next = node;
+    }
+    void MoveToFront(uint32_t list, uint32_t node) const {
+      const Link l = links[node];
+      links[l.prev].next = l.next;
+      links[l.next].prev = l.prev;
+      const uint32_t head = num_nodes + list;
+      const uint32_t next = links[head].next;
+      links[node] = {head, next};
+      links[next].prev = node;
+      links[head].next = node;
+    }
+  };
+  Raw raw() { return {links_.data(), num_nodes_}; }
+
+ private:
   uint32_t num_nodes_;
   std::vector<Link> links_;
 };
