@@ -13,6 +13,12 @@
 // cache object reaches any node); building the 12-byte Access by aggregate initialisation
 // stalled on store forwarding; counters that can be derived (accesses, evictions,
 // bytes_loaded) are derived in stats() instead of being incremented on every access.
+// AccessSet/AccessToken (the replay loop's count-only path) go further: one call per token,
+// the member arrays read once into raw pointers (through the vectors every store made GCC reload
+// them), LRU hits and full-partition misses inline, counters kept in registers. On the
+// DeepSeek-V2-Lite trace that took `moe-replay` from 12 to 18 M decisions/s on a 2.45 GHz EPYC,
+// against 24 M/s for a hand-written list LRU with no pins, checks or statistics. Tried and
+// dropped: LRU by per-slot timestamps with a (SIMD) minimum scan per miss: 10-12 M/s.
 #include "memory/expert_cache.h"
 
 #include <algorithm>

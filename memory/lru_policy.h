@@ -27,12 +27,7 @@ class LruLists {
   LruLists(uint32_t num_keys, uint32_t num_lists) : lists_(num_keys, num_lists) {}
 
   void Touch(uint32_t list, ExpertKey key) { lists_.MoveToFront(list, key); }
-  // Touch over raw pointers, for a hot loop (IndexLists::Raw).
-  struct Raw {
-    IndexLists::Raw lists;
-    void Touch(uint32_t list, ExpertKey key) const { lists.MoveToFront(list, key); }
-  };
-  Raw raw() { return {lists_.raw()}; }
+  // The lists over raw pointers, for the cache's one-call accesses (IndexLists::Raw).
   IndexLists::Raw raw_lists() { return lists_.raw(); }
   void Insert(uint32_t list, ExpertKey key) { lists_.PushFront(list, key); }
   void Remove(ExpertKey key) { lists_.Remove(key); }
