@@ -223,8 +223,8 @@ bool ExpertCache::AccessSet(ExpertKey layer_first, std::span<const uint16_t> exp
   const uint32_t part = PartitionOf(layer_first);
   CheckLayerFirst(layer_first, part);
   if (!lru_ || experts.size() > 64) return AccessSetGeneric(layer_first, experts);
-  return AccessSetLru(part, layer_first, experts.data(), static_cast<uint32_t>(experts.size()),
-                      RawState());
+  return AccessSetLru<true>(part, layer_first, experts.data(),
+                            static_cast<uint32_t>(experts.size()), RawState());
 }
 
 int32_t ExpertCache::AccessToken(std::span<const uint16_t> routing, int32_t top_k) {
@@ -232,14 +232,19 @@ int32_t ExpertCache::AccessToken(std::span<const uint16_t> routing, int32_t top_
   MOE_CHECK_MSG(top_k > 0 && routing.size() == size_t(space.num_layers) * size_t(top_k),
                 "access token: {} ids for {} layers x top_k {}", routing.size(),
                 space.num_layers, top_k);
+  // One pass over the row checks every id (it vectorises), so the per-layer loop need not.
+  uint16_t largest = 0;
+  for (uint16_t e : routing) largest = std::max(largest, e);
+  MOE_CHECK_MSG(largest < space.num_experts, "access token: expert {} out of range [0, {})",
+                largest, space.num_experts);
   const RawView raw = RawState();
   for (int32_t l = 0; l < space.num_layers; ++l) {
     const ExpertKey first = space.Key(l, 0);
     const uint16_t* experts = routing.data() + size_t(l) * size_t(top_k);
-    const bool room =
-        lru_ && top_k <= 64
-            ? AccessSetLru(PartitionOf(first), first, experts, static_cast<uint32_t>(top_k), raw)
-            : AccessSetGeneric(first, {experts, static_cast<size_t>(top_k)});
+    const bool room = lru_ && top_k <= 64
+                          ? AccessSetLru<false>(layer_scope_ ? static_cast<uint32_t>(l) : 0, first,
+                                                experts, static_cast<uint32_t>(top_k), raw)
+                          : AccessSetGeneric(first, {experts, static_cast<size_t>(top_k)});
     if (!room) return l;
   }
   return -1;
@@ -256,8 +261,10 @@ void ExpertCache::CheckLayerFirst(ExpertKey layer_first, uint32_t part) const {
 // The LRU path of Acquire with the partition computed once, the hits and the common miss (a full
 // partition) inline over raw pointers: as fast as a hand-written LRU loop, nearly (the replay
 // tool runs this tens of millions of times per second).
+template <bool kCheckIds>
 [[gnu::always_inline]] inline bool ExpertCache::AccessSetLru(uint32_t part, ExpertKey layer_first,
-                                      const uint16_t* experts, uint32_t n, const RawView& raw) {
+                                                             const uint16_t* experts, uint32_t n,
+                                                             const RawView& raw) {
   const auto num_experts = static_cast<uint32_t>(options_.space.num_experts);
   int32_t* const slots = raw.slots;
   uint16_t* const pins = raw.pins;
@@ -265,8 +272,10 @@ void ExpertCache::CheckLayerFirst(ExpertKey layer_first, uint32_t part) const {
   uint64_t missing = 0;  // bit j: experts[j] was not resident
   uint64_t hits = 0;
   for (uint32_t j = 0; j < n; ++j) {
-    MOE_CHECK_MSG(experts[j] < num_experts, "access set: expert {} out of range [0, {})",
-                  experts[j], num_experts);
+    if constexpr (kCheckIds) {
+      MOE_CHECK_MSG(experts[j] < num_experts, "access set: expert {} out of range [0, {})",
+                    experts[j], num_experts);
+    }
     const ExpertKey key = layer_first + experts[j];
     const int32_t code = slots[key];
     if (code >= 0 && pins[key] != 0xFFFF) [[likely]] {

@@ -180,6 +180,8 @@ class ExpertCache {
     internal::IndexLists::Raw lists;
   };
   RawView RawState() { return {slot_.data(), pins_.data(), lru_lists_.raw_lists()}; }
+  // kCheckIds: MOE_CHECK every id < num_experts (AccessToken checks its row at once instead).
+  template <bool kCheckIds>
   bool AccessSetLru(uint32_t part, ExpertKey layer_first, const uint16_t* experts, uint32_t n,
                     const RawView& raw);
   void CheckLayerFirst(ExpertKey layer_first, uint32_t part) const;

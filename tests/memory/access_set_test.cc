@@ -182,6 +182,8 @@ TEST(AccessSetDeathTest, MisuseAborts) {
   const std::vector<uint16_t> bad = {1, 8};
   EXPECT_DEATH(cache->AccessSet(0, bad), "expert 8 out of range");
   EXPECT_DEATH(cache->AccessToken(set, 2), "2 ids for 2 layers x top_k 2");
+  const std::vector<uint16_t> bad_row = {1, 2, 3, 9};
+  EXPECT_DEATH(cache->AccessToken(bad_row, 2), "access token: expert 9 out of range");
 }
 
 }  // namespace
