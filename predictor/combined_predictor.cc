@@ -155,6 +155,32 @@ void CombinedPredictor::Predict(int64_t seq, int32_t target_layer, std::span<flo
   for (float& p : probs) p = calibration.Apply(std::clamp(p, 0.0f, 1.0f));
 }
 
+bool CombinedPredictor::PredictNextVisit(int64_t seq, int32_t layer,
+                                         std::span<const uint16_t> experts,
+                                         std::span<float> probs) const {
+  MOE_CHECK(static_cast<int32_t>(probs.size()) == options_.space.num_experts);
+  const MixtureWeights& w = next_token_;
+  std::fill(probs.begin(), probs.end(), 0.0f);
+  auto add = [&](float weight, auto&& predict) {
+    if (weight <= 0.0f) return;
+    predict();
+    for (size_t j = 0; j < probs.size(); ++j) probs[j] += weight * scratch_[j];
+  };
+  add(w.transition, [&] {
+    // Without next-token tables (an older file) the transition part of a next-token
+    // prediction is the layer frequency, as in Predict.
+    if (!transition_.PredictNextVisit(seq, layer, experts, scratch_)) {
+      const std::span<const float> f = transition_.layer_frequency();
+      std::copy_n(f.begin() + int64_t{layer} * options_.space.num_experts,
+                  options_.space.num_experts, scratch_.begin());
+    }
+  });
+  add(w.frequency, [&] { frequency_.Predict(seq, layer, scratch_); });
+  add(w.recency, [&] { recency_.PredictNextVisit(seq, layer, experts, scratch_); });
+  for (float& p : probs) p = next_token_calibration_.Apply(std::clamp(p, 0.0f, 1.0f));
+  return true;
+}
+
 void CombinedPredictor::FitWeights(const RoutingTrace& trace, std::span<const int64_t> sequences) {
   const int32_t num_layers = options_.space.num_layers;
   const int32_t e = options_.space.num_experts;

@@ -55,6 +55,10 @@ class CombinedPredictor final : public Predictor {
   void EndSequence(int64_t seq) override;
   void Observe(int64_t seq, int32_t layer, std::span<const uint16_t> experts) override;
   void Predict(int64_t seq, int32_t target_layer, std::span<float> probs) const override;
+  // The next-token mixture and calibration over the parts' PredictNextVisit (the frequency part
+  // as it stands before the observation).
+  bool PredictNextVisit(int64_t seq, int32_t layer, std::span<const uint16_t> experts,
+                        std::span<float> probs) const override;
   absl::Status Learn(const RoutingTrace& trace) override;
   absl::Status Save(const std::string& path) const override;
   absl::Status Load(const std::string& path) override;

@@ -83,6 +83,17 @@ class Predictor {
   // Writes, for every expert of `target_layer`, the probability that the sequence's next visit
   // to that layer chooses it (each in [0, 1]). probs.size() == num_experts.
   virtual void Predict(int64_t seq, int32_t target_layer, std::span<float> probs) const = 0;
+  // The prediction for the sequence's next visit to `layer` (its next token's), given that it
+  // chooses `experts` at `layer` now, before that is observed: what Predict(seq, layer) returns
+  // after Observe(seq, layer, experts), without changing any state. The engine and replay call
+  // it while the layer's experts are acquired, for the "predictive" eviction policy, so victims
+  // are the experts the next token is least likely to want. Returns false (leaving probs
+  // unspecified) for predictors that cannot (the default); "combined" approximates its
+  // frequency part by the state before the observation.
+  virtual bool PredictNextVisit(int64_t seq, int32_t layer, std::span<const uint16_t> experts,
+                                std::span<float> probs) const {
+    return false;
+  }
 
   // Predictors that read hidden states (the live engine's "gate") return true; the engine then
   // calls ObserveHidden(seq, layer, h) with the token's residual stream after MoE layer `layer`

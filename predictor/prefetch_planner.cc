@@ -18,11 +18,15 @@ PrefetchPlanner::PrefetchPlanner(Predictor& predictor, ExpertScores* scores,
 
 void PrefetchPlanner::Predict(int64_t seq, int32_t target) {
   predictor_.Predict(seq, target, probs_);
+  SanitizeCounted(target);
+}
+
+void PrefetchPlanner::SanitizeCounted(int32_t layer) {
   if (SanitizeProbabilities(probs_) > 0 && garbage_predictions_++ == 0) {
     MOE_LOG(kWarning,
             "predictor '{}' returned probabilities outside [0, 1] (layer {}); they are clamped, "
             "prefetching may waste copies but results are unaffected",
-            predictor_.name(), target);
+            predictor_.name(), layer);
   }
 }
 

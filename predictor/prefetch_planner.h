@@ -80,6 +80,16 @@ class PrefetchPlanner {
     }
   }
 
+  // Before the experts of a token's layer are acquired (engine and replay alike): with `scores`
+  // (the "predictive" policy), the scores of `layer` become the prediction for its next visit
+  // given `experts` (Predictor::PredictNextVisit), so the acquire evicts what the next token is
+  // least likely to want. Does nothing without scores or for predictors that cannot.
+  void BeforeAcquire(int64_t seq, int32_t layer, std::span<const uint16_t> experts) {
+    if (scores_ == nullptr || !predictor_.PredictNextVisit(seq, layer, experts, probs_)) return;
+    SanitizeCounted(layer);
+    scores_->SetLayer(layer, probs_);
+  }
+
   const PrefetchOptions& options() const { return options_; }
   Predictor& predictor() { return predictor_; }
   // Predictions that held values outside [0, 1] or NaN (sanitized; the first one is logged).
@@ -88,6 +98,8 @@ class PrefetchPlanner {
  private:
   // predictor_.Predict into probs_, sanitized.
   void Predict(int64_t seq, int32_t target);
+  // Sanitizes probs_ (a prediction for `layer`), counting and logging garbage.
+  void SanitizeCounted(int32_t layer);
 
   Predictor& predictor_;
   ExpertScores* scores_;

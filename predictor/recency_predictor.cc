@@ -58,4 +58,26 @@ void RecencyPredictor::Predict(int64_t seq, int32_t target_layer, std::span<floa
   for (int32_t i = 0; i < num_experts; ++i) probs[i] = std::min(1.0f, row[i] * scale);
 }
 
+bool RecencyPredictor::PredictNextVisit(int64_t seq, int32_t layer,
+                                        std::span<const uint16_t> experts,
+                                        std::span<float> probs) const {
+  const int32_t num_experts = options_.space.num_experts;
+  MOE_CHECK(layer >= 0 && layer < options_.space.num_layers);
+  MOE_CHECK(static_cast<int32_t>(probs.size()) == num_experts);
+  MOE_CHECK(static_cast<int32_t>(experts.size()) <= options_.top_k);
+  // Observe's update of the layer's scores, into probs, then Predict's scaling.
+  auto it = scores_.find(seq);
+  const float decay = static_cast<float>(options_.recency_decay);
+  for (int32_t i = 0; i < num_experts; ++i) {
+    probs[i] = it == scores_.end() ? 0.0f : it->second[int64_t{layer} * num_experts + i] * decay;
+  }
+  for (uint16_t expert : experts) {
+    MOE_CHECK(expert < num_experts);
+    probs[expert] += 1.0f;
+  }
+  const float scale = static_cast<float>(1.0 - options_.recency_decay);
+  for (float& p : probs) p = std::min(1.0f, p * scale);
+  return true;
+}
+
 }  // namespace moe

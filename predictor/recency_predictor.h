@@ -30,6 +30,8 @@ class RecencyPredictor final : public Predictor {
   void EndSequence(int64_t seq) override;
   void Observe(int64_t seq, int32_t layer, std::span<const uint16_t> experts) override;
   void Predict(int64_t seq, int32_t target_layer, std::span<float> probs) const override;
+  bool PredictNextVisit(int64_t seq, int32_t layer, std::span<const uint16_t> experts,
+                        std::span<float> probs) const override;
 
  private:
   PredictorOptions options_;

@@ -186,6 +186,26 @@ void TransitionPredictor::Predict(int64_t seq, int32_t target_layer, std::span<f
   ToProbabilities(probs, d > 0 ? temperature_ : next_temperature_);
 }
 
+bool TransitionPredictor::PredictNextVisit(int64_t, int32_t layer,
+                                           std::span<const uint16_t> experts,
+                                           std::span<float> probs) const {
+  const int32_t num_experts = options_.space.num_experts;
+  MOE_CHECK(layer >= 0 && layer < options_.space.num_layers);
+  MOE_CHECK(static_cast<int32_t>(probs.size()) == num_experts);
+  MOE_CHECK(static_cast<int32_t>(experts.size()) <= options_.top_k);
+  if (!has_next_token_) return false;
+  // Predict's next-token case (Scores with d = 0) with `experts` as this token's visit.
+  const float* log_frequency = log_frequency_.data() + int64_t{layer} * num_experts;
+  std::copy(log_frequency, log_frequency + num_experts, probs.begin());
+  for (uint16_t i : experts) {
+    MOE_CHECK(i < num_experts);
+    const float* row = next_log_ratio_.data() + NextIndex(layer, i);
+    for (int32_t j = 0; j < num_experts; ++j) probs[j] += row[j];
+  }
+  ToProbabilities(probs, next_temperature_);
+  return true;
+}
+
 float TransitionPredictor::Probability(int32_t distance, int32_t layer, int32_t from,
                                        int32_t to) const {
   MOE_CHECK(distance >= 1 && distance <= num_tables_);

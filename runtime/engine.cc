@@ -605,6 +605,12 @@ absl::Status Engine::Impl::MoeBlock(int32_t layer, int64_t n) {
   MOE_RETURN_IF_ERROR(ops->BeginExperts(xn, n, K, rows));
 
   if (predictor != nullptr) MeasureRecall(layer, n);
+  if (scores != nullptr) {  // the "predictive" policy's scores: the next visit, given this one
+    for (int64_t t = 0; t < n; ++t) {
+      for (int64_t j = 0; j < K; ++j) token_experts[j] = static_cast<uint16_t>(host_ids[t * K + j]);
+      planner->BeforeAcquire(step_requests[t], layer, token_experts);
+    }
+  }
   PhaseStats& phase = n > 1 ? stats.prefill : stats.decode;
   MOE_RETURN_IF_ERROR(AcquireInWaves(
       *cache, keys, {}, wave, pending,

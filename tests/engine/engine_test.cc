@@ -371,8 +371,10 @@ TEST(Engine, ReplayWithTheSamePredictorPrefetchesExactlyAsLive) {
   const uint64_t expert_bytes = TinyModel()->weights.expert_bytes;
   for (const char* predictor : {"frequency", "recency", "combined"}) {
     for (CacheScope scope : {CacheScope::kGlobal, CacheScope::kLayer}) {
-      SCOPED_TRACE(fmt::format("{} {}", predictor, CacheScopeName(scope)));
+     for (const char* policy : {"lru", "predictive"}) {
+      SCOPED_TRACE(fmt::format("{} {} {}", predictor, CacheScopeName(scope), policy));
       EngineOptions options;
+      options.policy = policy;
       options.scope = scope;
       options.prefill_chunk = 5;
       options.expert_budget_bytes = expert_bytes * (scope == CacheScope::kLayer ? 3 * 4 : 9);
@@ -392,6 +394,7 @@ TEST(Engine, ReplayWithTheSamePredictorPrefetchesExactlyAsLive) {
       auto replay_predictor = MakePredictor(predictor, po);
       ASSERT_TRUE(replay_predictor.ok());
       ReplayOptions ro;
+      ro.policy = policy;
       ro.scope = scope;
       ro.budget_bytes = live.expert_arena_bytes;
       ro.prefetch_depth = 2;
@@ -404,6 +407,7 @@ TEST(Engine, ReplayWithTheSamePredictorPrefetchesExactlyAsLive) {
       EXPECT_EQ(replayed->stats.prefetch_useful, live.cache.prefetch_useful);
       EXPECT_EQ(replayed->stats.evictions, live.cache.evictions);
       EXPECT_GT(live.cache.prefetch_loads, 0u);
+     }
     }
   }
 }

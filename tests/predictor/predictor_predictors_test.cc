@@ -377,6 +377,66 @@ TEST(TransitionPredictorTest, PredictsTheNextTokenFromThisTokensExpertsAtTheLaye
   ExpectProbabilities(probs);
 }
 
+// PredictNextVisit(seq, l, experts) must equal Predict(seq, l) right after Observe(seq, l,
+// experts), without changing the state: checked against a twin that observes.
+void ExpectNextVisitEqualsObserveThenPredict(std::string_view name, const RoutingTrace& learn,
+                                             const RoutingTrace& replay,
+                                             const PredictorOptions& options) {
+  SCOPED_TRACE(std::string(name));
+  std::unique_ptr<Predictor> asked = Make(name, options);
+  std::unique_ptr<Predictor> observing = Make(name, options);
+  ASSERT_TRUE(asked->Learn(learn).ok());
+  ASSERT_TRUE(observing->Learn(learn).ok());
+  const int32_t layers = options.space.num_layers;
+  std::vector<float> next(static_cast<size_t>(options.space.num_experts));
+  asked->BeginSequence(0);
+  observing->BeginSequence(0);
+  for (int64_t t = 0; t < replay.num_tokens(); ++t) {
+    for (int32_t l = 0; l < layers; ++l) {
+      ASSERT_TRUE(asked->PredictNextVisit(0, l, replay.Experts(t, l), next));
+      ExpectProbabilities(next);
+      observing->Observe(0, l, replay.Experts(t, l));
+      EXPECT_EQ(next, PredictAll(*observing, 0, l)) << "token " << t << " layer " << l;
+      asked->Observe(0, l, replay.Experts(t, l));
+      // Unchanged by the question: both still predict the same for every layer.
+      for (int32_t target = 0; target < layers; ++target) {
+        ASSERT_EQ(PredictAll(*asked, 0, target), PredictAll(*observing, 0, target));
+      }
+    }
+  }
+}
+
+TEST(PredictNextVisitTest, EqualsObservingThenPredicting) {
+  const int32_t layers = 4, experts = 16;
+  const RoutingTrace learn =
+      MakeTrace(layers, experts, 2, std::vector<int64_t>(30, 12), SuccessorRouting(experts));
+  const RoutingTrace replay = MakeTrace(layers, experts, 2, {6}, SuccessorRouting(experts));
+  const PredictorOptions options = Options(layers, experts, 2);
+  ExpectNextVisitEqualsObserveThenPredict("transition", learn, replay, options);
+  ExpectNextVisitEqualsObserveThenPredict("recency", learn, replay, options);
+  // "combined" with its frequency part (which adapts at Observe) weighted 0: exact too.
+  CombinedPredictor combined(options);
+  ASSERT_TRUE(combined.Learn(learn).ok());
+  ASSERT_TRUE(combined.SetWeights({1, 0, 0}, {0.6f, 0, 0.4f}).ok());
+  CombinedPredictor twin(options);
+  ASSERT_TRUE(twin.Learn(learn).ok());
+  ASSERT_TRUE(twin.SetWeights({1, 0, 0}, {0.6f, 0, 0.4f}).ok());
+  std::vector<float> next(experts);
+  combined.BeginSequence(0);
+  twin.BeginSequence(0);
+  for (int32_t l = 0; l < layers; ++l) {
+    ASSERT_TRUE(combined.PredictNextVisit(0, l, replay.Experts(2, l), next));
+    twin.Observe(0, l, replay.Experts(2, l));
+    EXPECT_EQ(next, PredictAll(twin, 0, l)) << "layer " << l;
+    combined.Observe(0, l, replay.Experts(2, l));
+  }
+  // Predictors that cannot say so.
+  std::vector<float> probs(experts);
+  const uint16_t chosen[] = {1, 2};
+  EXPECT_FALSE(Make("frequency", options)->PredictNextVisit(0, 1, chosen, probs));
+  EXPECT_FALSE(Make("none", options)->PredictNextVisit(0, 1, chosen, probs));
+}
+
 TEST(TransitionPredictorTest, FitsNoPreviousTokenWeightWhenTokensAreUnrelated) {
   // ChainRouting draws each token independently: the previous token says nothing ahead.
   const int32_t layers = 6, experts = 16;

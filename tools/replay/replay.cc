@@ -225,6 +225,11 @@ absl::StatusOr<ReplayResult> RunReplay(const RoutingTrace& trace, const ReplaySc
         ++stamp;
         step_keys.clear();
         step_hints.clear();
+        if (planner) {  // eviction scores for the next visit, as the engine sets them
+          for (const ScheduledToken& tok : tokens) {
+            planner->BeforeAcquire(tok.sequence, l, trace.Experts(tok.token, l));
+          }
+        }
         for (const ScheduledToken& tok : tokens) {
           const auto experts = trace.Experts(tok.token, l);
           for (int32_t j = 0; j < K; ++j, ++pos) {
@@ -262,6 +267,9 @@ absl::StatusOr<ReplayResult> RunReplay(const RoutingTrace& trace, const ReplaySc
       }
       for (const ScheduledToken& tok : tokens) {
         const auto experts = trace.Experts(tok.token, l);
+        // Eviction scores for the next visit, as the engine sets them (single-token steps here;
+        // multi-token steps above).
+        if (!multi && planner) planner->BeforeAcquire(tok.sequence, l, experts);
         if (!multi && !timed && !use_future) {  // counts only: the cache's one-call path
           pos += static_cast<uint64_t>(K);
           if (!cache->AccessSet(base, experts)) {
