@@ -11,6 +11,11 @@
 // budget (416 entries)}. "belady" gets exact next-use positions (the stream is replayed
 // cyclically, so the future is known); "predictive" gets each stream's true per-layer popularity
 // as its scores (a perfect frequency predictor). Counter hit_rate: the cache's after the run.
+// Two more cases per stream, layer scope, "lru", with the resident-first rule of moe-replay:
+//   <stream>/lru/layer/access_token  ExpertCache::AccessToken, the replay tool's one-call path;
+//   <stream>/baseline_list_lru/layer a hand-written list LRU over the same data (no pins beyond
+//                                     the token's set, no checks, no statistics): what one LRU
+//                                     decision costs on this machine, for comparison.
 //
 //   build/bin/moe_cache_bench [--benchmark_filter=lru]
 #include <benchmark/benchmark.h>
@@ -39,6 +44,7 @@ constexpr uint64_t kExpertBytes = 1 << 20;
 
 struct Stream {
   std::vector<uint16_t> keys;        // [token][layer][k]
+  std::vector<uint16_t> experts;     // keys as expert ids within their layer
   std::vector<uint32_t> next_delta;  // accesses until the same key again (cyclic)
   std::vector<float> popularity;     // [layer][expert]: probability of being in a token's set
 };
@@ -50,6 +56,8 @@ void Finish(Stream& s) {
   const size_t tokens = n / (kLayers * kTopK);
   s.popularity.assign(static_cast<size_t>(space.size()), 0.0f);
   for (uint16_t key : s.keys) s.popularity[key] += 1.0f / static_cast<float>(tokens);
+  s.experts.resize(n);
+  for (size_t i = 0; i < n; ++i) s.experts[i] = static_cast<uint16_t>(s.keys[i] % kExperts);
   s.next_delta.assign(n, 0);
   std::vector<int64_t> last(static_cast<size_t>(space.size()), -1);
   // Two backward passes give every access its cyclic next use.
@@ -174,6 +182,101 @@ void BM_CacheDecisions(benchmark::State& state, const Stream* (*get)(), std::str
   state.counters["hit_rate"] = cache.stats().hit_rate();
 }
 
+void BM_AccessToken(benchmark::State& state, const Stream* (*get)()) {
+  const Stream& s = *get();
+  if (s.keys.empty()) {
+    state.SkipWithError("trace not found");
+    return;
+  }
+  CacheOptions options;
+  options.space = ExpertSpace{kLayers, kExperts};
+  options.expert_bytes = kExpertBytes;
+  options.budget_bytes = kExpertBytes * kEntriesPerLayer * kLayers;
+  auto cache = ExpertCache::Create(options);
+  if (!cache.ok()) {
+    state.SkipWithError("cache");
+    return;
+  }
+  const size_t row = size_t{kLayers} * kTopK;
+  size_t i = 0;
+  int64_t no_room = 0;
+  for (auto _ : state) {
+    no_room += (*cache)->AccessToken({s.experts.data() + i, row}, kTopK) >= 0;
+    i += row;
+    if (i == s.experts.size()) i = 0;
+  }
+  if (no_room != 0) state.SkipWithError("no room");
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * kLayers);
+  state.counters["hit_rate"] = (*cache)->stats().hit_rate();
+}
+
+// The reference: an intrusive list per layer over dense arrays, nothing else.
+void BM_BaselineListLru(benchmark::State& state, const Stream* (*get)()) {
+  const Stream& s = *get();
+  if (s.keys.empty()) {
+    state.SkipWithError("trace not found");
+    return;
+  }
+  constexpr uint32_t kKeys = kLayers * kExperts;
+  struct Link {
+    uint32_t prev, next;
+  };
+  std::vector<Link> links(kKeys + kLayers);
+  for (uint32_t l = 0; l < kLayers; ++l) links[kKeys + l] = {kKeys + l, kKeys + l};
+  std::vector<int32_t> slot(kKeys, -1);
+  std::vector<uint8_t> pinned(kKeys, 0);
+  std::vector<int32_t> fill(kLayers, 0);
+  uint64_t hits = 0, misses = 0;
+  auto unlink = [&](uint32_t n) {
+    links[links[n].prev].next = links[n].next;
+    links[links[n].next].prev = links[n].prev;
+  };
+  auto push_front = [&](uint32_t list, uint32_t n) {
+    const uint32_t head = kKeys + list;
+    links[n] = {head, links[head].next};
+    links[links[head].next].prev = n;
+    links[head].next = n;
+  };
+  size_t i = 0;
+  for (auto _ : state) {
+    for (uint32_t l = 0; l < kLayers; ++l, i += kTopK) {
+      const uint16_t* set = s.keys.data() + i;
+      uint32_t missing = 0;
+      for (int j = 0; j < kTopK; ++j) {
+        if (slot[set[j]] >= 0) {
+          ++hits;
+          pinned[set[j]] = 1;
+          unlink(set[j]);
+          push_front(l, set[j]);
+        } else {
+          missing |= 1u << j;
+        }
+      }
+      for (; missing != 0; missing &= missing - 1) {
+        const uint16_t key = set[__builtin_ctz(missing)];
+        int32_t free_slot;
+        if (fill[l] < kEntriesPerLayer) {
+          free_slot = fill[l]++;
+        } else {
+          uint32_t victim = links[kKeys + l].prev;
+          while (pinned[victim]) victim = links[victim].prev;
+          unlink(victim);
+          free_slot = slot[victim];
+          slot[victim] = -1;
+        }
+        slot[key] = free_slot;
+        pinned[key] = 1;
+        push_front(l, key);
+        ++misses;
+      }
+      for (int j = 0; j < kTopK; ++j) pinned[set[j]] = 0;
+    }
+    if (i == s.keys.size()) i = 0;
+  }
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * kLayers);
+  state.counters["hit_rate"] = double(hits) / double(hits + misses);
+}
+
 }  // namespace moe
 
 int main(int argc, char** argv) {
@@ -192,6 +295,10 @@ int main(int argc, char** argv) {
                                      std::string(policy), scope);
       }
     }
+    benchmark::RegisterBenchmark((std::string(source.name) + "/lru/layer/access_token").c_str(),
+                                 moe::BM_AccessToken, source.get);
+    benchmark::RegisterBenchmark((std::string(source.name) + "/baseline_list_lru/layer").c_str(),
+                                 moe::BM_BaselineListLru, source.get);
   }
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
