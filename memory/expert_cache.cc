@@ -230,8 +230,8 @@ bool ExpertCache::AccessSet(ExpertKey layer_first, std::span<const uint16_t> exp
 int32_t ExpertCache::AccessToken(std::span<const uint16_t> routing, int32_t top_k) {
   const ExpertSpace& space = options_.space;
   MOE_CHECK_MSG(top_k > 0 && routing.size() == size_t(space.num_layers) * size_t(top_k),
-                "access token: {} ids for {} layers x top_k {}", routing.size(),
-                space.num_layers, top_k);
+                "access token: {} ids for {} layers x top_k {}", routing.size(), space.num_layers,
+                top_k);
   // One pass over the row checks every id (it vectorises), so the per-layer loop need not.
   uint16_t largest = 0;
   for (uint16_t e : routing) largest = std::max(largest, e);

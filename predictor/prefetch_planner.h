@@ -107,7 +107,7 @@ class PrefetchPlanner {
   ExpertSpace space_;
   int32_t budget_;
   std::vector<float> probs_;
-  std::vector<int32_t> order_;  // TopExpertIds scratch
+  std::vector<int32_t> order_;     // TopExpertIds scratch
   std::vector<ExpertKey> wanted_;  // keys of one target's prediction; reserved budget_
   uint64_t garbage_predictions_ = 0;
 };

@@ -121,7 +121,7 @@ int32_t TransitionPredictor::Distance(int64_t seq, int32_t target_layer) const {
 }
 
 std::span<const uint16_t> TransitionPredictor::PreviousVisit(const SequenceState& state,
-                                                            int32_t target_layer) const {
+                                                             int32_t target_layer) const {
   if (!has_next_token_ || state.last_layer < 0) return {};
   const int64_t visit = target_layer > state.last_layer ? state.token - 1 : state.token;
   if (visit < 0 || state.stamp[target_layer] != visit) return {};

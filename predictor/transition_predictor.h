@@ -23,14 +23,15 @@
 //     `target`, sum_{i} log(N[target][i][j] / F[target][j]). Temperature tau_next.
 //   - Otherwise (too far ahead, nothing observed yet): the learned layer frequency F[target].
 // Both temperatures and w_p (in {0, 0.35, 0.7, 1}) are fit in Learn (least Brier score on
-// held-out sequences), which makes the probabilities roughly calibrated. Before Learn, every table entry is top_k / num_experts
-// (uniform predictions).
+// held-out sequences), which makes the probabilities roughly calibrated. Before Learn, every table
+// entry is top_k / num_experts (uniform predictions).
 //
 // Save/Load: tensors "transition" F32 [D, L, E, E] (T; zero where l + d >= L), "frequency"
 // F32 [L, E] (F), "temperature" F32 [1], "next_token" F32 [L, E, E] (N) and "next_temperature"
 // F32 [1] and "previous_token_weight" F32 [1] (w_p). Files written before the next-token tables
-// have none of these three: Load then predicts without them (as this class did then). Load also checks max_distance and evidence_layers.
-// Memory: about 12 bytes x (D + 1) x L x E x E (counts, table, log table).
+// have none of these three: Load then predicts without them (as this class did then). Load also
+// checks max_distance and evidence_layers. Memory: about 12 bytes x (D + 1) x L x E x E (counts,
+// table, log table).
 #pragma once
 
 #include <span>

@@ -144,7 +144,7 @@ struct EngineStats {
   // transfers.cancelled); the cache counts each as an unused prefetch (prefetch_wasted), though
   // it never moved a byte.
   uint64_t stale_prefetches_cancelled = 0;
-  double device_seconds = 0;   // the device timeline (fake device: virtual compute + stall)
+  double device_seconds = 0;  // the device timeline (fake device: virtual compute + stall)
   // The cost model's CPU rates (measured at Create unless given); 0 without the fallback.
   double cpu_bytes_per_second = 0;
   double cpu_flops_per_second = 0;

@@ -371,43 +371,43 @@ TEST(Engine, ReplayWithTheSamePredictorPrefetchesExactlyAsLive) {
   const uint64_t expert_bytes = TinyModel()->weights.expert_bytes;
   for (const char* predictor : {"frequency", "recency", "combined"}) {
     for (CacheScope scope : {CacheScope::kGlobal, CacheScope::kLayer}) {
-     for (const char* policy : {"lru", "predictive"}) {
-      SCOPED_TRACE(fmt::format("{} {} {}", predictor, CacheScopeName(scope), policy));
-      EngineOptions options;
-      options.policy = policy;
-      options.scope = scope;
-      options.prefill_chunk = 5;
-      options.expert_budget_bytes = expert_bytes * (scope == CacheScope::kLayer ? 3 * 4 : 9);
-      options.predictor = predictor;
-      options.prefetch.depth = 2;
-      auto engine = MakeEngine(options);
-      ASSERT_NE(engine, nullptr);
-      engine->StartTrace();
-      RunRequests(*engine);
-      auto trace = engine->StopTrace();
-      ASSERT_TRUE(trace.ok()) << trace.status();
-      const EngineStats live = engine->stats();
+      for (const char* policy : {"lru", "predictive"}) {
+        SCOPED_TRACE(fmt::format("{} {} {}", predictor, CacheScopeName(scope), policy));
+        EngineOptions options;
+        options.policy = policy;
+        options.scope = scope;
+        options.prefill_chunk = 5;
+        options.expert_budget_bytes = expert_bytes * (scope == CacheScope::kLayer ? 3 * 4 : 9);
+        options.predictor = predictor;
+        options.prefetch.depth = 2;
+        auto engine = MakeEngine(options);
+        ASSERT_NE(engine, nullptr);
+        engine->StartTrace();
+        RunRequests(*engine);
+        auto trace = engine->StopTrace();
+        ASSERT_TRUE(trace.ok()) << trace.status();
+        const EngineStats live = engine->stats();
 
-      PredictorOptions po;
-      po.space = trace->space();
-      po.top_k = trace->header.top_k;
-      auto replay_predictor = MakePredictor(predictor, po);
-      ASSERT_TRUE(replay_predictor.ok());
-      ReplayOptions ro;
-      ro.policy = policy;
-      ro.scope = scope;
-      ro.budget_bytes = live.expert_arena_bytes;
-      ro.prefetch_depth = 2;
-      const ReplaySchedule schedule(*trace, {}, 1, 5);
-      auto replayed = RunReplay(*trace, schedule, ro, replay_predictor->get());
-      ASSERT_TRUE(replayed.ok()) << replayed.status();
-      EXPECT_EQ(replayed->stats.accesses, live.cache.accesses);
-      EXPECT_EQ(replayed->stats.hits, live.cache.hits);
-      EXPECT_EQ(replayed->stats.prefetch_loads, live.cache.prefetch_loads);
-      EXPECT_EQ(replayed->stats.prefetch_useful, live.cache.prefetch_useful);
-      EXPECT_EQ(replayed->stats.evictions, live.cache.evictions);
-      EXPECT_GT(live.cache.prefetch_loads, 0u);
-     }
+        PredictorOptions po;
+        po.space = trace->space();
+        po.top_k = trace->header.top_k;
+        auto replay_predictor = MakePredictor(predictor, po);
+        ASSERT_TRUE(replay_predictor.ok());
+        ReplayOptions ro;
+        ro.policy = policy;
+        ro.scope = scope;
+        ro.budget_bytes = live.expert_arena_bytes;
+        ro.prefetch_depth = 2;
+        const ReplaySchedule schedule(*trace, {}, 1, 5);
+        auto replayed = RunReplay(*trace, schedule, ro, replay_predictor->get());
+        ASSERT_TRUE(replayed.ok()) << replayed.status();
+        EXPECT_EQ(replayed->stats.accesses, live.cache.accesses);
+        EXPECT_EQ(replayed->stats.hits, live.cache.hits);
+        EXPECT_EQ(replayed->stats.prefetch_loads, live.cache.prefetch_loads);
+        EXPECT_EQ(replayed->stats.prefetch_useful, live.cache.prefetch_useful);
+        EXPECT_EQ(replayed->stats.evictions, live.cache.evictions);
+        EXPECT_GT(live.cache.prefetch_loads, 0u);
+      }
     }
   }
 }

@@ -84,8 +84,7 @@ TEST_P(AccessSetTest, ChangesTheCacheExactlyAsAcquiringByHand) {
   std::vector<ExpertKey> evicted_by_hand, evicted_one_call;
   if (c.listener) {
     by_hand->SetEvictionListener([&](ExpertKey key, int32_t) { evicted_by_hand.push_back(key); });
-    one_call->SetEvictionListener(
-        [&](ExpertKey key, int32_t) { evicted_one_call.push_back(key); });
+    one_call->SetEvictionListener([&](ExpertKey key, int32_t) { evicted_one_call.push_back(key); });
   }
   std::mt19937_64 rng(7);
   std::uniform_real_distribution<float> score(0.0f, 1.0f);
@@ -137,14 +136,15 @@ std::string CaseName(const ::testing::TestParamInfo<Case>& info) {
          (info.param.listener ? "_listener" : "");
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Policies, AccessSetTest,
-    ::testing::Values(Case{"lru", CacheScope::kLayer, false}, Case{"lru", CacheScope::kGlobal, false},
-                      Case{"lru", CacheScope::kLayer, true}, Case{"lfu", CacheScope::kLayer, false},
-                      Case{"arc", CacheScope::kGlobal, false},
-                      Case{"lrfu", CacheScope::kLayer, true},
-                      Case{"predictive", CacheScope::kLayer, false}),
-    CaseName);
+INSTANTIATE_TEST_SUITE_P(Policies, AccessSetTest,
+                         ::testing::Values(Case{"lru", CacheScope::kLayer, false},
+                                           Case{"lru", CacheScope::kGlobal, false},
+                                           Case{"lru", CacheScope::kLayer, true},
+                                           Case{"lfu", CacheScope::kLayer, false},
+                                           Case{"arc", CacheScope::kGlobal, false},
+                                           Case{"lrfu", CacheScope::kLayer, true},
+                                           Case{"predictive", CacheScope::kLayer, false}),
+                         CaseName);
 
 TEST(AccessSetNoRoomTest, ReportsTheSetThatFoundEveryEntryPinnedAndReleasesTheRest) {
   for (const char* policy : {"lru", "lfu"}) {

@@ -567,8 +567,7 @@ TEST(CombinedPredictorTest, FitsRecencyWeightForNextTokenOnRepeatingSequences) {
   ASSERT_TRUE(combined.Learn(learn).ok());
   // Recency and the transition part's next-token tables both see the repetition; the layer
   // frequency alone cannot.
-  EXPECT_GT(combined.next_token_weights().recency + combined.next_token_weights().transition,
-            0.5f);
+  EXPECT_GT(combined.next_token_weights().recency + combined.next_token_weights().transition, 0.5f);
 
   // After a token, the next token's experts are the top 2 at every layer.
   const RoutingTrace replay = MakeTrace(layers, experts, 2, {0, 0, 0, 0, 0, 0, 0, 5}, repeating);

@@ -97,9 +97,11 @@ TEST(PrefetchPlanner, ReportsEachTargetsWantedExpertsBeforePrefetchingThem) {
   // before that layer's prefetches, so the owner can drop stale ones first.
   const std::vector<std::string> want = {
       fmt::format("layer 1 wants {},{},{}", s.Key(1, 1), s.Key(1, 3), s.Key(1, 2)),
-      fmt::format("prefetch {}", s.Key(1, 1)), fmt::format("prefetch {}", s.Key(1, 2)),
+      fmt::format("prefetch {}", s.Key(1, 1)),
+      fmt::format("prefetch {}", s.Key(1, 2)),
       fmt::format("layer 2 wants {},{},{}", s.Key(2, 1), s.Key(2, 3), s.Key(2, 2)),
-      fmt::format("prefetch {}", s.Key(2, 1)), fmt::format("prefetch {}", s.Key(2, 3)),
+      fmt::format("prefetch {}", s.Key(2, 1)),
+      fmt::format("prefetch {}", s.Key(2, 3)),
       fmt::format("prefetch {}", s.Key(2, 2))};
   EXPECT_EQ(events, want);
 }

@@ -50,8 +50,8 @@ absl::StatusOr<Config> ParseConfig(const std::string& text) {
     } else if (flag == "cancel") {
       config.cancel_stale = true;
     } else {
-      return InvalidArgument("--configs: unknown option '+{}' in '{}' (valid: +cpu, +cancel)",
-                             flag, text);
+      return InvalidArgument("--configs: unknown option '+{}' in '{}' (valid: +cpu, +cancel)", flag,
+                             text);
     }
   }
   if (const size_t at = c.find('@'); at != std::string::npos) {
@@ -146,8 +146,7 @@ absl::StatusOr<RunResult> Run(std::shared_ptr<const Model> model, EngineOptions 
       if (next_prompt >= prompts.size()) break;
       continue;
     }
-    MOE_RETURN_IF_ERROR(
-        engine->Evaluate(entries, false, {logits.data(), vocab * entries.size()}));
+    MOE_RETURN_IF_ERROR(engine->Evaluate(entries, false, {logits.data(), vocab * entries.size()}));
     for (size_t i = 0; i < entries.size(); ++i) {
       Request& r = slots[static_cast<size_t>(entry_slot[i])];
       r.next = Argmax({logits.data() + i * vocab, vocab});
@@ -255,8 +254,7 @@ int Main(int argc, char** argv) {
     std::cout << fmt::format(
         "{:<24} {:>10} {:>9} {:>9} {:>9} {:>7} {:>9} {:>10} {:>8} {:>9} {:>7} {:>6}\n", "config",
         "total ms", "decode ms", "vs base", "stall ms", "hit", "link MiB", "prefetched", "useful",
-        "cancelled",
-        "wasted", "on cpu");
+        "cancelled", "wasted", "on cpu");
     double base_decode = 0, base_compute = 0, cpu_bytes_rate = 0, cpu_flop_rate = 0;
     RoutingTrace base_trace;
     uint64_t slot_bytes = 0;
@@ -296,8 +294,7 @@ int Main(int argc, char** argv) {
           base_decode > 0 ? s.decode.device_seconds / base_decode : 0,
           s.device.copy_stall_seconds * 1e3, s.cache.hit_rate(),
           double(t.bytes_started) / (1 << 20), t.prefetch_issued, t.useful,
-          s.stale_prefetches_cancelled, 100.0 * wasted,
-          s.cpu_fallbacks);
+          s.stale_prefetches_cancelled, 100.0 * wasted, s.cpu_fallbacks);
     }
     // The floor for the whole run: Belady's loads for the baseline's trace over the link, or the
     // compute, whichever is larger. Replay reproduces a run's steps only one request at a time
