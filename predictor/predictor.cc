@@ -182,6 +182,13 @@ std::vector<ScoredExpert> TopExperts(std::span<const float> probs, int32_t budge
   return top;
 }
 
+void CheckNextVisitArguments(const PredictorOptions& options, int32_t layer,
+                             std::span<const uint16_t> experts, std::span<const float> probs) {
+  MOE_CHECK(layer >= 0 && layer < options.space.num_layers);
+  MOE_CHECK(static_cast<int32_t>(probs.size()) == options.space.num_experts);
+  MOE_CHECK(static_cast<int32_t>(experts.size()) <= options.top_k);
+}
+
 absl::Status CheckTraceShape(const RoutingTrace& trace, const PredictorOptions& options) {
   const TraceHeader& h = trace.header;
   if (h.num_layers != options.space.num_layers || h.num_experts != options.space.num_experts ||

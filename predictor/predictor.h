@@ -141,6 +141,11 @@ int32_t TopExpertIds(std::span<const float> probs, int32_t budget, std::span<int
 
 // ---- for predictor implementations ---------------------------------------------------------
 
+// MOE_CHECKs PredictNextVisit's arguments: layer in range, probs.size() == num_experts, at most
+// top_k experts (each id is checked where it is used).
+void CheckNextVisitArguments(const PredictorOptions& options, int32_t layer,
+                             std::span<const uint16_t> experts, std::span<const float> probs);
+
 // InvalidArgument unless the trace's layers, experts and top_k equal the options', naming both.
 absl::Status CheckTraceShape(const RoutingTrace& trace, const PredictorOptions& options);
 

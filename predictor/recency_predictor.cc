@@ -61,10 +61,8 @@ void RecencyPredictor::Predict(int64_t seq, int32_t target_layer, std::span<floa
 bool RecencyPredictor::PredictNextVisit(int64_t seq, int32_t layer,
                                         std::span<const uint16_t> experts,
                                         std::span<float> probs) const {
+  CheckNextVisitArguments(options_, layer, experts, probs);
   const int32_t num_experts = options_.space.num_experts;
-  MOE_CHECK(layer >= 0 && layer < options_.space.num_layers);
-  MOE_CHECK(static_cast<int32_t>(probs.size()) == num_experts);
-  MOE_CHECK(static_cast<int32_t>(experts.size()) <= options_.top_k);
   // Observe's update of the layer's scores, into probs, then Predict's scaling.
   auto it = scores_.find(seq);
   const float decay = static_cast<float>(options_.recency_decay);

@@ -189,10 +189,8 @@ void TransitionPredictor::Predict(int64_t seq, int32_t target_layer, std::span<f
 bool TransitionPredictor::PredictNextVisit(int64_t, int32_t layer,
                                            std::span<const uint16_t> experts,
                                            std::span<float> probs) const {
+  CheckNextVisitArguments(options_, layer, experts, probs);
   const int32_t num_experts = options_.space.num_experts;
-  MOE_CHECK(layer >= 0 && layer < options_.space.num_layers);
-  MOE_CHECK(static_cast<int32_t>(probs.size()) == num_experts);
-  MOE_CHECK(static_cast<int32_t>(experts.size()) <= options_.top_k);
   if (!has_next_token_) return false;
   // Predict's next-token case (Scores with d = 0) with `experts` as this token's visit.
   const float* log_frequency = log_frequency_.data() + int64_t{layer} * num_experts;
