@@ -295,6 +295,10 @@ template <bool kCheckIds>
   for (uint64_t left = missing; left != 0; left &= left - 1) {
     const uint32_t j = static_cast<uint32_t>(std::countr_zero(left));
     const ExpertKey key = layer_first + experts[j];
+    if (slots[key] != kAbsent) [[unlikely]] {  // a repeated expert, loaded for an earlier copy
+      Acquire(key);                              // a hit, as Acquire one by one would count it
+      continue;
+    }
     if (full) {
       const uint32_t end = lists.num_nodes + part;
       uint32_t victim = lists.links[end].prev;
@@ -333,15 +337,18 @@ bool ExpertCache::AccessSetGeneric(ExpertKey layer_first, std::span<const uint16
   for (uint16_t e : experts) {
     MOE_CHECK_MSG(e < num_experts, "access set: expert {} out of range [0, {})", e, num_experts);
   }
+  // Resident members first (hits cannot fail), then the others in order: a repeated expert is
+  // then a hit on its first copy's load, as acquiring one by one counts it.
   std::vector<uint8_t> acquired(experts.size(), 0);
+  for (size_t j = 0; j < experts.size(); ++j) {
+    const ExpertKey key = layer_first + experts[j];
+    if (Contains(key)) acquired[j] = Acquire(key).outcome != Outcome::kNoRoom;
+  }
   bool room = true;
-  for (int pass = 0; pass < 2 && room; ++pass) {  // resident members first, then the missing
-    for (size_t j = 0; j < experts.size() && room; ++j) {
-      const ExpertKey key = layer_first + experts[j];
-      if (acquired[j] || Contains(key) != (pass == 0)) continue;
-      room = Acquire(key).outcome != Outcome::kNoRoom;
-      acquired[j] = room;
-    }
+  for (size_t j = 0; j < experts.size() && room; ++j) {
+    if (acquired[j]) continue;
+    room = Acquire(layer_first + experts[j]).outcome != Outcome::kNoRoom;
+    acquired[j] = room;
   }
   for (size_t j = 0; j < experts.size(); ++j) {
     if (acquired[j]) Release(layer_first + experts[j]);
