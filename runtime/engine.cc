@@ -117,6 +117,7 @@ struct Engine::Impl {
   std::vector<uint32_t> wave_order;          // scratch: wave members in expected arrival order
   // CPU fallback cost model (fake device): seconds per copy and per CPU expert.
   bool cpu_fallback = false;
+  bool cpu_fallback_bypass = false;      // EngineOptions::cpu_fallback_bypass
   bool cancel_stale_prefetches = false;  // EngineOptions::cancel_stale_prefetches
   double transfer_seconds = 0, cpu_seconds_per_byte = 0, cpu_seconds_per_flop = 0;
   uint64_t expert_bytes = 0;
@@ -208,6 +209,11 @@ struct Engine::Impl {
   // The CPU fallback's cost model for a missed expert with `tokens` rows; charges the CPU time
   // when it says yes.
   bool PreferCpu(ExpertKey key, int32_t tokens);
+  // The same for an expert whose copy would complete after `copies_ahead` copies.
+  bool PreferCpuOver(int64_t copies_ahead, int32_t tokens);
+  // cpu_fallback_bypass: runs the layer's missing experts the cost model gives the CPU from host
+  // memory and drops them from `keys`, before the cache sees them.
+  absl::Status RunMissesOnHost();
   // The expert's rows through its FFN (weights in its slot, or in host memory on the CPU).
   absl::Status RunExpert(const AcquiredExpert& a, bool on_cpu);
   // Observes each token's routing (and hidden state) and queues the predicted prefetches.
@@ -283,6 +289,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Mod
   }
   if (options.max_context < 0) {
     return InvalidArgument("max context {} must be >= 0", options.max_context);
+  }
+  if (options.cpu_fallback_bypass && !options.cpu_fallback) {
+    return InvalidArgument("cpu_fallback_bypass needs cpu_fallback");
   }
   std::unique_ptr<Engine> engine(new Engine(model, options));
   Impl& m = *engine->impl_;
@@ -378,6 +387,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Mod
                                options.cpu_bytes_per_second, options.cpu_flops_per_second);
       }
       m.cpu_fallback = true;
+      m.cpu_fallback_bypass = options.cpu_fallback_bypass;
       m.transfer_seconds =
           options.fake_device.link_latency_seconds +
           double(model->weights.expert_bytes) / options.fake_device.link_bytes_per_second;
@@ -612,6 +622,7 @@ absl::Status Engine::Impl::MoeBlock(int32_t layer, int64_t n) {
     }
   }
   PhaseStats& phase = n > 1 ? stats.prefill : stats.decode;
+  if (cpu_fallback_bypass) MOE_RETURN_IF_ERROR(RunMissesOnHost());
   MOE_RETURN_IF_ERROR(AcquireInWaves(
       *cache, keys, {}, wave, pending,
       [&](std::span<const AcquiredExpert> acquired) { return RunWave(acquired, phase); }));
@@ -663,11 +674,34 @@ absl::Status Engine::Impl::RunWave(std::span<const AcquiredExpert> acquired, Pha
   return absl::OkStatus();
 }
 
+absl::Status Engine::Impl::RunMissesOnHost() {
+  // Decided before the cache sees the misses, so a miss the CPU serves takes no slot and no
+  // copy. While the link idles a miss is loaded anyway (RunWave may still compute it on the CPU
+  // while its copy runs): the copy is free then, and a later token may hit it.
+  size_t kept = 0;
+  for (const ExpertKey key : keys) {
+    const int32_t e = store->space().Id(key).expert;
+    if (cache->Contains(key) || transfers->LinkIdle() ||
+        !PreferCpuOver(transfers->CopiesAheadOfNewDemand(), expert_count[e])) {
+      keys[kept++] = key;
+      continue;
+    }
+    ++stats.cpu_uncached;
+    MOE_RETURN_IF_ERROR(RunExpert(AcquiredExpert{key}, /*on_cpu=*/true));
+  }
+  keys.resize(kept);
+  return absl::OkStatus();
+}
+
 bool Engine::Impl::PreferCpu(ExpertKey key, int32_t tokens) {
   if (transfers->Ready(key)) return false;
+  return PreferCpuOver(transfers->CopiesAhead(key), tokens);
+}
+
+bool Engine::Impl::PreferCpuOver(int64_t copies_ahead, int32_t tokens) {
   // Wait for the copy and compute on the device, or compute on the CPU from host memory now.
-  const double device_s = double(transfers->CopiesAhead(key)) * transfer_seconds +
-                          double(expert_bytes) * seconds_per_byte;
+  const double device_s =
+      double(copies_ahead) * transfer_seconds + double(expert_bytes) * seconds_per_byte;
   const double cpu_s = std::max(double(expert_bytes) * cpu_seconds_per_byte,
                                 6.0 * tokens * double(cfg->hidden_size) *
                                     double(cfg->intermediate_size) * cpu_seconds_per_flop);

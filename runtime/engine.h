@@ -103,15 +103,21 @@ struct EngineOptions {
   double fake_compute_bytes_per_second = 3.35e12;  // about H100 HBM3
   // CPU fallback: a missed expert whose copy would arrive later than the CPU could compute it
   // runs on the CPU from host memory instead of waiting; its copy still lands, so later tokens
-  // find it resident (the cache and its statistics are unchanged). The cost model compares (copies
-  // ahead + 1) x transfer time + device compute with the CPU's max(expert bytes /
-  // cpu_bytes_per_second, FFN flops / cpu_flops_per_second), so batch-1 decode over a slow link
-  // goes to the CPU and large prefill batches do not. Only for devices that are not the CPU (the
-  // fake device; on the CPU device it is ignored; not supported on the cuda device yet). Results
-  // are identical either way, and so are hit rates: moe-replay still reproduces them. The CPU's
-  // rates are measured at Create on a real expert when 0 (the default; reported in EngineStats);
-  // tests and modelled benchmarks give them for deterministic decisions.
+  // find it resident (the cache and its statistics are unchanged; see cpu_fallback_bypass). The
+  // cost model compares (copies ahead + 1) x transfer time + device compute with the CPU's
+  // max(expert bytes / cpu_bytes_per_second, FFN flops / cpu_flops_per_second), so batch-1 decode
+  // over a slow link goes to the CPU and large prefill batches do not. Only for devices that are
+  // not the CPU (the fake device; on the CPU device it is ignored; not supported on the cuda device
+  // yet). Results are identical either way, and so are hit rates: moe-replay still reproduces them.
+  // The CPU's rates are measured at Create on a real expert when 0 (the default; reported in
+  // EngineStats); tests and modelled benchmarks give them for deterministic decisions.
   bool cpu_fallback = false;
+  // With cpu_fallback: a missed expert the cost model sends to the CPU is not loaded at all (no
+  // cache slot, no copy, no eviction) unless the link is idle, so copies the CPU made unneeded do
+  // not hold up the next ones: the hybrid rule of moe-cuda-bench. Such experts are not cache
+  // accesses (EngineStats::cpu_uncached counts them), so moe-replay no longer reproduces the
+  // hit rates. Results are still identical.
+  bool cpu_fallback_bypass = false;
   double cpu_bytes_per_second = 0;  // weight bytes per second of the CPU expert kernel
   double cpu_flops_per_second = 0;
 };
@@ -149,6 +155,7 @@ struct EngineStats {
   double cpu_bytes_per_second = 0;
   double cpu_flops_per_second = 0;
   uint64_t cpu_fallbacks = 0;       // missed experts computed on the CPU instead of copied
+  uint64_t cpu_uncached = 0;        // ... of which never loaded (cpu_fallback_bypass)
   double cpu_fallback_seconds = 0;  // their modelled CPU time (in device_seconds)
 };
 

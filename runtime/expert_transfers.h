@@ -78,6 +78,12 @@ class ExpertTransfers {
   // How many copies must complete before `key`'s has (0 when Ready): its place among the
   // copies in flight, or, while queued, every copy in flight plus the demand queue.
   int64_t CopiesAhead(ExpertKey key) const;
+  // The same for a demand copy queued now: every copy in flight and queued demand, plus itself.
+  int64_t CopiesAheadOfNewDemand() const {
+    return static_cast<int64_t>(in_flight_.size() + queue_.queued(TransferPriority::kDemand)) + 1;
+  }
+  // No copy in flight or queued: the link would otherwise idle.
+  bool LinkIdle() const { return in_flight_.empty() && queue_.queued() == 0; }
   // Blocks compute until `key`'s copy completed (issuing earlier copies as needed). The copy's
   // status: an error names the expert when a copy failed. On a device that queues compute
   // (Device::queues_compute(), the CUDA device) a copy in flight is waited for on the device

@@ -513,6 +513,39 @@ TEST(Engine, CpuFallbackRunsLateExpertsOnTheCpuWhenTheLinkIsSlower) {
   EXPECT_EQ(fast->stats().cpu_fallbacks, 0u);
 }
 
+TEST(Engine, CpuFallbackBypassServesMissesFromHostWithoutLoadingThem) {
+  // The same slow link: with the bypass, the misses the CPU serves take no slot and no copy, so
+  // fewer bytes cross the link and the copies that remain wait less; results stay exact.
+  auto options = [](bool bypass) {
+    EngineOptions o = FakeDeviceOptionsFor("none", 0);
+    o.fake_device.link_bytes_per_second = 2e9;
+    o.cpu_fallback = true;
+    o.cpu_fallback_bypass = bypass;
+    o.cpu_bytes_per_second = 20e9;
+    o.cpu_flops_per_second = 1e12;
+    return o;
+  };
+  auto copy = MakeEngine(options(false));
+  auto bypass = MakeEngine(options(true));
+  ASSERT_NE(copy, nullptr);
+  ASSERT_NE(bypass, nullptr);
+  EXPECT_EQ(MaxAbsDiff(RunRequests(*bypass), RunRequests(*copy)), 0.0);
+  const EngineStats c = copy->stats(), b = bypass->stats();
+  EXPECT_EQ(c.cpu_uncached, 0u);
+  EXPECT_GT(b.cpu_uncached, 0u);
+  EXPECT_LE(b.cpu_uncached, b.cpu_fallbacks);
+  EXPECT_LT(b.transfers.bytes_started, c.transfers.bytes_started);
+  EXPECT_LT(b.decode.device_seconds, c.decode.device_seconds);
+  // Every expert a layer-step needs is a cache access or, with the bypass, served uncached.
+  EXPECT_EQ(b.cache.accesses + b.cpu_uncached, c.cache.accesses);
+
+  EngineOptions bad = options(true);
+  bad.cpu_fallback = false;
+  auto e = Engine::Create(TinyModel(), bad);
+  ASSERT_FALSE(e.ok());
+  EXPECT_THAT(std::string(e.status().message()), HasSubstr("cpu_fallback_bypass needs"));
+}
+
 TEST(Engine, PrefetchLimitsBoundTheLinkBytesPerStepAndUnconfirmedPrefetches) {
   auto unlimited = MakeEngine(FakeDeviceOptionsFor("gate", 2));
   ASSERT_NE(unlimited, nullptr);

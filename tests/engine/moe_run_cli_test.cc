@@ -149,9 +149,11 @@ TEST_F(MoeRunTest, PromptFileRunsEachLineAsItsOwnRequest) {
 TEST_F(MoeRunTest, PrefetchBenchRunsAndRejectsBadFlags) {
   const std::string tiny = kGolden + "mixtral-tiny-f32";
   const CommandResult r = RunTool("moe-prefetch-bench --model " + tiny +
-                                  " --prompts 2 --tokens 3 --configs none:0,gate:1,none:0+cpu");
+                                  " --prompts 2 --tokens 3 --configs none:0,gate:1,none:0+cpu,"
+                                  "gate:1+hybrid");
   ASSERT_EQ(r.exit_code, 0) << r.errors;
   EXPECT_THAT(r.output, HasSubstr("gate:1"));
+  EXPECT_THAT(r.output, HasSubstr("gate:1+hybrid"));
   EXPECT_THAT(r.output, HasSubstr("floor (whole run)"));
   // Two requests decoded side by side, with stale prefetches cancelled.
   const CommandResult batched = RunTool("moe-prefetch-bench --model " + tiny +

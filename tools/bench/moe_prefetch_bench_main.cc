@@ -35,10 +35,11 @@ struct Config {
   int32_t depth = 0;
   bool cpu_fallback = false;
   bool cancel_stale = false;
-  std::string policy;  // empty: --policy
+  bool cpu_bypass = false;  // +hybrid: the CPU fallback, and misses it serves are not loaded
+  std::string policy;       // empty: --policy
 };
 
-// "predictor:depth[@policy][+cpu][+cancel]".
+// "predictor:depth[@policy][+cpu|+hybrid][+cancel]".
 absl::StatusOr<Config> ParseConfig(const std::string& text) {
   Config config;
   config.name = text;
@@ -47,11 +48,13 @@ absl::StatusOr<Config> ParseConfig(const std::string& text) {
     const std::string flag = c.substr(plus + 1);
     if (flag == "cpu") {
       config.cpu_fallback = true;
+    } else if (flag == "hybrid") {
+      config.cpu_fallback = config.cpu_bypass = true;
     } else if (flag == "cancel") {
       config.cancel_stale = true;
     } else {
-      return InvalidArgument("--configs: unknown option '+{}' in '{}' (valid: +cpu, +cancel)", flag,
-                             text);
+      return InvalidArgument(
+          "--configs: unknown option '+{}' in '{}' (valid: +cpu, +hybrid, +cancel)", flag, text);
     }
   }
   if (const size_t at = c.find('@'); at != std::string::npos) {
@@ -183,10 +186,11 @@ int Main(int argc, char** argv) {
   flags.AddInt("tokens", &tokens, "greedy steps per request (the first is the prefill)");
   flags.AddInt("batch", &batch, "requests decoded side by side (continuous batching)");
   flags.AddString("configs", &configs_text,
-                  "predictor:depth[@policy][+cpu][+cancel] list: '@predictive' overrides "
-                  "--policy, '+cpu' adds the CPU fallback, '+cancel' cancels queued prefetches "
-                  "a newer prediction dropped (e.g. gate:1@predictive+cpu); the first is the "
-                  "baseline (none:0 is on-demand)");
+                  "predictor:depth[@policy][+cpu|+hybrid][+cancel] list: '@predictive' "
+                  "overrides --policy, '+cpu' adds the CPU fallback, '+hybrid' the CPU fallback "
+                  "without loading the misses it serves (unless the link idles), '+cancel' "
+                  "cancels queued prefetches a newer prediction dropped (e.g. "
+                  "gate:1@predictive+cpu); the first is the baseline (none:0 is on-demand)");
   flags.AddDouble("expert-budget", &budget_percent, "expert budget, percent of all expert bytes");
   flags.AddString("policy", &policy, "eviction policy");
   flags.AddString("scope", &scope, "cache scope: global or layer");
@@ -268,6 +272,7 @@ int Main(int argc, char** argv) {
       }
       options.cpu_fallback = configs[i].cpu_fallback;
       options.cancel_stale_prefetches = configs[i].cancel_stale;
+      options.cpu_fallback_bypass = configs[i].cpu_bypass;
       if (!configs[i].policy.empty()) options.policy = configs[i].policy;
       MOE_ASSIGN_OR_RETURN(RunResult r,
                            Run(model, options, prompts, tokens, static_cast<int32_t>(batch)));
