@@ -9,7 +9,8 @@
 #   - the routing statistics of that trace (skew, temporal locality, inter-layer affinity);
 #   - device time on a modelled GPU (moe-prefetch-bench, fake device with PCIe-4-like link,
 #     HBM-like compute and a host CPU for the fallback) for on-demand LRU, prediction +
-#     prefetching, predictive eviction, stale-prefetch cancellation and the CPU fallback, beside
+#     prefetching, predictive eviction, stale-prefetch cancellation and the CPU fallback (also
+#     without loading the misses it serves: +hybrid), beside
 #     the max(compute, Belady) floor; then the same with 4 requests decoded side by side.
 # Usage: bench/predictor_numbers.sh [build-dir (default build)] [model-dir]
 set -euo pipefail
@@ -58,7 +59,7 @@ echo "== modelled GPU: link 25 GB/s + 1 us per copy, HBM 3350 GB/s, host CPU 100
 "$build/bin/moe-prefetch-bench" --model "$model" --prompt-file "$prompts" --tokens "$tokens" \
   --expert-budget "${budget%\%}" --link-gbps 25 --latency-us 1 --compute-gbps 3350 \
   --cpu-gbps 100 --configs \
-  none:0,gate:1,gate:2,gate:2+cancel,gate:1@predictive,none:0+cpu,gate:1+cpu,gate:1@predictive+cpu \
+  none:0,gate:1,gate:2,gate:2+cancel,gate:1@predictive,none:0+cpu,gate:1+cpu,gate:1@predictive+cpu,none:0+hybrid,gate:1@predictive+hybrid \
   2>/dev/null
 
 echo
@@ -66,4 +67,5 @@ echo "== the same, 4 requests decoded side by side (continuous batching) =="
 "$build/bin/moe-prefetch-bench" --model "$model" --prompt-file "$prompts" --tokens "$tokens" \
   --expert-budget "${budget%\%}" --link-gbps 25 --latency-us 1 --compute-gbps 3350 \
   --cpu-gbps 100 --batch 4 --configs \
-  none:0,gate:1,gate:2,gate:1@predictive,none:0+cpu,gate:1+cpu,gate:1@predictive+cpu 2>/dev/null
+  none:0,gate:1,gate:2,gate:1@predictive,none:0+cpu,gate:1+cpu,gate:1@predictive+cpu,none:0+hybrid,gate:1@predictive+hybrid \
+  2>/dev/null
