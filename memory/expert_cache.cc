@@ -223,8 +223,11 @@ bool ExpertCache::AccessSet(ExpertKey layer_first, std::span<const uint16_t> exp
   const uint32_t part = PartitionOf(layer_first);
   CheckLayerFirst(layer_first, part);
   if (!lru_ || experts.size() > 64) return AccessSetGeneric(layer_first, experts);
-  return AccessSetLru<true>(part, layer_first, experts.data(),
-                            static_cast<uint32_t>(experts.size()), RawState());
+  RawView raw = RawState();
+  const bool room = AccessSetLru<true>(part, layer_first, experts.data(),
+                                       static_cast<uint32_t>(experts.size()), raw);
+  FlushCounts(raw);
+  return room;
 }
 
 int32_t ExpertCache::AccessToken(std::span<const uint16_t> routing, int32_t top_k) {
@@ -237,16 +240,24 @@ int32_t ExpertCache::AccessToken(std::span<const uint16_t> routing, int32_t top_
   for (uint16_t e : routing) largest = std::max(largest, e);
   MOE_CHECK_MSG(largest < space.num_experts, "access token: expert {} out of range [0, {})",
                 largest, space.num_experts);
-  const RawView raw = RawState();
-  for (int32_t l = 0; l < space.num_layers; ++l) {
-    const ExpertKey first = space.Key(l, 0);
-    const uint16_t* experts = routing.data() + size_t(l) * size_t(top_k);
-    const bool room = lru_ && top_k <= 64
-                          ? AccessSetLru<false>(layer_scope_ ? static_cast<uint32_t>(l) : 0, first,
-                                                experts, static_cast<uint32_t>(top_k), raw)
-                          : AccessSetGeneric(first, {experts, static_cast<size_t>(top_k)});
-    if (!room) return l;
+  if (!lru_ || top_k > 64) {
+    for (int32_t l = 0; l < space.num_layers; ++l) {
+      const uint16_t* experts = routing.data() + size_t(l) * size_t(top_k);
+      if (!AccessSetGeneric(space.Key(l, 0), {experts, static_cast<size_t>(top_k)})) return l;
+    }
+    return -1;
   }
+  RawView raw = RawState();
+  const auto k = static_cast<uint32_t>(top_k);
+  for (int32_t l = 0; l < space.num_layers; ++l) {
+    const uint16_t* experts = routing.data() + size_t(l) * k;
+    if (!AccessSetLru<false>(layer_scope_ ? static_cast<uint32_t>(l) : 0, space.Key(l, 0), experts,
+                             k, raw)) {
+      FlushCounts(raw);
+      return l;
+    }
+  }
+  FlushCounts(raw);
   return -1;
 }
 
@@ -264,13 +275,13 @@ void ExpertCache::CheckLayerFirst(ExpertKey layer_first, uint32_t part) const {
 template <bool kCheckIds>
 [[gnu::always_inline]] inline bool ExpertCache::AccessSetLru(uint32_t part, ExpertKey layer_first,
                                                              const uint16_t* experts, uint32_t n,
-                                                             const RawView& raw) {
+                                                             RawView& raw) {
   const auto num_experts = static_cast<uint32_t>(options_.space.num_experts);
   int32_t* const slots = raw.slots;
   uint16_t* const pins = raw.pins;
   const internal::IndexLists::Raw& lists = raw.lists;
   uint64_t missing = 0;  // bit j: experts[j] was not resident
-  uint64_t hits = 0;
+  uint64_t& hits = raw.hits;
   for (uint32_t j = 0; j < n; ++j) {
     if constexpr (kCheckIds) {
       MOE_CHECK_MSG(experts[j] < num_experts, "access set: expert {} out of range [0, {})",
@@ -288,15 +299,14 @@ template <bool kCheckIds>
       AcquireSlow(key, AccessHint{});  // a prefetched expert's first use, or a pin overflow
     }
   }
-  stats_.hits += hits;
   bool room = true;
-  const bool full = free_count_[part] == 0 && !listener_;
-  uint64_t misses = 0;
+  const bool full = raw.no_listener && free_count_[part] == 0;
+  uint64_t& misses = raw.misses;
   for (uint64_t left = missing; left != 0; left &= left - 1) {
     const uint32_t j = static_cast<uint32_t>(std::countr_zero(left));
     const ExpertKey key = layer_first + experts[j];
     if (slots[key] != kAbsent) [[unlikely]] {  // a repeated expert, loaded for an earlier copy
-      Acquire(key);                              // a hit, as Acquire one by one would count it
+      Acquire(key);                            // a hit, as Acquire one by one would count it
       continue;
     }
     if (full) {
@@ -321,7 +331,6 @@ template <bool kCheckIds>
     missing = left;  // experts[j] and the later misses were not acquired
     break;
   }
-  stats_.misses += misses;
   if (room) [[likely]] {
     for (uint32_t j = 0; j < n; ++j) --pins[layer_first + experts[j]];  // each acquired above
     return true;

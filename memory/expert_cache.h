@@ -174,16 +174,24 @@ class ExpertCache {
   bool AccessSetGeneric(ExpertKey layer_first, std::span<const uint16_t> experts);
   // AccessSet's hot path: raw views of the per-key arrays and the LRU lists, taken once per
   // call (nothing reallocates them after Create).
+  // The hits and misses it counts are added to stats_ by FlushCounts.
   struct RawView {
     int32_t* slots;
     uint16_t* pins;
     internal::IndexLists::Raw lists;
+    bool no_listener;
+    uint64_t hits = 0;
+    uint64_t misses = 0;
   };
-  RawView RawState() { return {slot_.data(), pins_.data(), lru_lists_.raw_lists()}; }
+  RawView RawState() { return {slot_.data(), pins_.data(), lru_lists_.raw_lists(), !listener_}; }
+  void FlushCounts(const RawView& raw) {
+    stats_.hits += raw.hits;
+    stats_.misses += raw.misses;
+  }
   // kCheckIds: MOE_CHECK every id < num_experts (AccessToken checks its row at once instead).
   template <bool kCheckIds>
   bool AccessSetLru(uint32_t part, ExpertKey layer_first, const uint16_t* experts, uint32_t n,
-                    const RawView& raw);
+                    RawView& raw);
   void CheckLayerFirst(ExpertKey layer_first, uint32_t part) const;
   [[gnu::noinline]] void NotifyEviction(ExpertKey key, int32_t slot);
   void CountWastedPrefetch() {
