@@ -471,23 +471,44 @@ TEST(Engine, PrefetchingOnTheFakeLinkOverlapsCopiesWithCompute) {
             p.transfers.prefetch_issued);
 }
 
+// The fake device with a link of `link` bytes/s, and given CPU rates for the fallback's cost
+// model (20 GB/s, 1 TFLOP/s: a CPU faster than a 2 GB/s link at batch 1).
+EngineOptions CpuFallbackOptions(bool fallback, double link) {
+  EngineOptions o = FakeDeviceOptionsFor("none", 0);
+  o.fake_device.link_bytes_per_second = link;
+  o.cpu_fallback = fallback;
+  o.cpu_bytes_per_second = 20e9;
+  o.cpu_flops_per_second = 1e12;
+  return o;
+}
+
+// Runs the requests on one engine per options; the results must be exactly equal. The stats,
+// in order (empty when an engine could not be made: that already failed the test).
+std::vector<EngineStats> RunExpectingEqualResults(const std::vector<EngineOptions>& options) {
+  std::vector<EngineStats> stats;
+  std::vector<float> first;
+  for (const EngineOptions& o : options) {
+    auto engine = MakeEngine(o);
+    EXPECT_NE(engine, nullptr);
+    if (engine == nullptr) return {};
+    const std::vector<float> results = RunRequests(*engine);
+    if (stats.empty()) first = results;
+    EXPECT_EQ(MaxAbsDiff(results, first), 0.0) << "options #" << stats.size();
+    stats.push_back(engine->stats());
+  }
+  return stats;
+}
+
 TEST(Engine, CpuFallbackRunsLateExpertsOnTheCpuWhenTheLinkIsSlower) {
   // Batch 1 decode over a link slower than the CPU's expert throughput: the cost model sends
   // misses to the CPU instead of waiting, results stay exact, and the device waits less.
-  auto options = [](bool fallback, double link) {
-    EngineOptions o = FakeDeviceOptionsFor("none", 0);
-    o.fake_device.link_bytes_per_second = link;
-    o.cpu_fallback = fallback;
-    o.cpu_bytes_per_second = 20e9;
-    o.cpu_flops_per_second = 1e12;
-    return o;
-  };
+  auto options = CpuFallbackOptions;
   auto wait = MakeEngine(options(false, 2e9));
-  auto cpu = MakeEngine(options(true, 2e9));
   ASSERT_NE(wait, nullptr);
-  ASSERT_NE(cpu, nullptr);
-  EXPECT_EQ(MaxAbsDiff(RunRequests(*cpu), RunRequests(*wait)), 0.0);
-  const EngineStats w = wait->stats(), c = cpu->stats();
+  const std::vector<EngineStats> runs =
+      RunExpectingEqualResults({options(false, 2e9), options(true, 2e9)});
+  ASSERT_EQ(runs.size(), 2u);
+  const EngineStats &w = runs[0], &c = runs[1];
   EXPECT_EQ(w.cpu_fallbacks, 0u);
   EXPECT_GT(c.cpu_fallbacks, 0u);
   EXPECT_EQ(c.cache.hits, w.cache.hits);  // the cache's view does not change
@@ -517,20 +538,13 @@ TEST(Engine, CpuFallbackBypassServesMissesFromHostWithoutLoadingThem) {
   // The same slow link: with the bypass, the misses the CPU serves take no slot and no copy, so
   // fewer bytes cross the link and the copies that remain wait less; results stay exact.
   auto options = [](bool bypass) {
-    EngineOptions o = FakeDeviceOptionsFor("none", 0);
-    o.fake_device.link_bytes_per_second = 2e9;
-    o.cpu_fallback = true;
+    EngineOptions o = CpuFallbackOptions(true, 2e9);
     o.cpu_fallback_bypass = bypass;
-    o.cpu_bytes_per_second = 20e9;
-    o.cpu_flops_per_second = 1e12;
     return o;
   };
-  auto copy = MakeEngine(options(false));
-  auto bypass = MakeEngine(options(true));
-  ASSERT_NE(copy, nullptr);
-  ASSERT_NE(bypass, nullptr);
-  EXPECT_EQ(MaxAbsDiff(RunRequests(*bypass), RunRequests(*copy)), 0.0);
-  const EngineStats c = copy->stats(), b = bypass->stats();
+  const std::vector<EngineStats> runs = RunExpectingEqualResults({options(false), options(true)});
+  ASSERT_EQ(runs.size(), 2u);
+  const EngineStats &c = runs[0], &b = runs[1];
   EXPECT_EQ(c.cpu_uncached, 0u);
   EXPECT_GT(b.cpu_uncached, 0u);
   EXPECT_LE(b.cpu_uncached, b.cpu_fallbacks);
@@ -591,12 +605,9 @@ TEST(Engine, CancellingStalePrefetchesFreesTheirSlotsAndKeepsResultsExact) {
     o.cancel_stale_prefetches = cancel;
     return o;
   };
-  auto keep = MakeEngine(options(false));
-  auto cancel = MakeEngine(options(true));
-  ASSERT_NE(keep, nullptr);
-  ASSERT_NE(cancel, nullptr);
-  EXPECT_EQ(MaxAbsDiff(RunRequests(*cancel), RunRequests(*keep)), 0.0);
-  const EngineStats k = keep->stats(), c = cancel->stats();
+  const std::vector<EngineStats> runs = RunExpectingEqualResults({options(false), options(true)});
+  ASSERT_EQ(runs.size(), 2u);
+  const EngineStats &k = runs[0], &c = runs[1];
   EXPECT_EQ(k.stale_prefetches_cancelled, 0u);
   EXPECT_GT(c.stale_prefetches_cancelled, 0u);
   // Each one was dropped from the copy queue (no link bytes) and from the cache (an unused
