@@ -141,43 +141,31 @@ void CombinedPredictor::Observe(int64_t seq, int32_t layer, std::span<const uint
 
 void CombinedPredictor::Predict(int64_t seq, int32_t target_layer, std::span<float> probs) const {
   MOE_CHECK(static_cast<int32_t>(probs.size()) == options_.space.num_experts);
-  const MixtureWeights& w = transition_.Distance(seq, target_layer) > 0 ? ahead_ : next_token_;
-  std::fill(probs.begin(), probs.end(), 0.0f);
-  auto add = [&](const Predictor& part, float weight) {
-    if (weight <= 0.0f) return;
-    part.Predict(seq, target_layer, scratch_);
-    for (size_t j = 0; j < probs.size(); ++j) probs[j] += weight * scratch_[j];
-  };
-  add(transition_, w.transition);
-  add(frequency_, w.frequency);
-  add(recency_, w.recency);
-  const Calibration& calibration = &w == &ahead_ ? ahead_calibration_ : next_token_calibration_;
-  for (float& p : probs) p = calibration.Apply(std::clamp(p, 0.0f, 1.0f));
+  const bool ahead = transition_.Distance(seq, target_layer) > 0;
+  Mix(
+      ahead ? ahead_ : next_token_, ahead ? ahead_calibration_ : next_token_calibration_, probs,
+      [&] { transition_.Predict(seq, target_layer, scratch_); },
+      [&] { frequency_.Predict(seq, target_layer, scratch_); },
+      [&] { recency_.Predict(seq, target_layer, scratch_); });
 }
 
 bool CombinedPredictor::PredictNextVisit(int64_t seq, int32_t layer,
                                          std::span<const uint16_t> experts,
                                          std::span<float> probs) const {
   MOE_CHECK(static_cast<int32_t>(probs.size()) == options_.space.num_experts);
-  const MixtureWeights& w = next_token_;
-  std::fill(probs.begin(), probs.end(), 0.0f);
-  auto add = [&](float weight, auto&& predict) {
-    if (weight <= 0.0f) return;
-    predict();
-    for (size_t j = 0; j < probs.size(); ++j) probs[j] += weight * scratch_[j];
-  };
-  add(w.transition, [&] {
-    // Without next-token tables (an older file) the transition part of a next-token
-    // prediction is the layer frequency, as in Predict.
-    if (!transition_.PredictNextVisit(seq, layer, experts, scratch_)) {
-      const std::span<const float> f = transition_.layer_frequency();
-      std::copy_n(f.begin() + int64_t{layer} * options_.space.num_experts,
-                  options_.space.num_experts, scratch_.begin());
-    }
-  });
-  add(w.frequency, [&] { frequency_.Predict(seq, layer, scratch_); });
-  add(w.recency, [&] { recency_.PredictNextVisit(seq, layer, experts, scratch_); });
-  for (float& p : probs) p = next_token_calibration_.Apply(std::clamp(p, 0.0f, 1.0f));
+  Mix(
+      next_token_, next_token_calibration_, probs,
+      [&] {
+        // Without next-token tables (an older file) the transition part of a next-token
+        // prediction is the layer frequency, as in Predict.
+        if (!transition_.PredictNextVisit(seq, layer, experts, scratch_)) {
+          const std::span<const float> f = transition_.layer_frequency();
+          std::copy_n(f.begin() + int64_t{layer} * options_.space.num_experts,
+                      options_.space.num_experts, scratch_.begin());
+        }
+      },
+      [&] { frequency_.Predict(seq, layer, scratch_); },
+      [&] { recency_.PredictNextVisit(seq, layer, experts, scratch_); });
   return true;
 }
 

@@ -26,6 +26,7 @@
 // frequency part's online state is not saved: Load restarts it from the prior.
 #pragma once
 
+#include <algorithm>
 #include <span>
 #include <string>
 #include <vector>
@@ -79,6 +80,22 @@ class CombinedPredictor final : public Predictor {
 
  private:
   void FitWeights(const RoutingTrace& trace, std::span<const int64_t> sequences);
+  // probs = calibration(sum of each weighted part), each part written into scratch_ by its
+  // callable (skipped when its weight is 0).
+  template <typename Transition, typename Frequency, typename Recency>
+  void Mix(const MixtureWeights& w, const Calibration& calibration, std::span<float> probs,
+           Transition&& transition, Frequency&& frequency, Recency&& recency) const {
+    std::fill(probs.begin(), probs.end(), 0.0f);
+    auto add = [&](float weight, auto&& predict) {
+      if (weight <= 0.0f) return;
+      predict();
+      for (size_t j = 0; j < probs.size(); ++j) probs[j] += weight * scratch_[j];
+    };
+    add(w.transition, transition);
+    add(w.frequency, frequency);
+    add(w.recency, recency);
+    for (float& p : probs) p = calibration.Apply(std::clamp(p, 0.0f, 1.0f));
+  }
 
   PredictorOptions options_;
   FrequencyPredictor frequency_;

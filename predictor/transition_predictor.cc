@@ -31,6 +31,21 @@ constexpr float kPreviousTokenWeights[] = {0.0f, 0.35f, 0.7f, 1.0f};
 constexpr int64_t kMaxFitSamples = 20000;
 // Candidate temperatures: real traces land between 2 and 4; near-deterministic routing (test
 // traces) wants sharper probabilities.
+// One table row from counts, smoothed with one pseudo-token drawn from the target layer's
+// frequency: row[j] = (count[j] + target_frequency[j]) / (source_count + 1).
+void SmoothedRow(const uint32_t* count, int64_t source_count, const float* target_frequency,
+                 int32_t num_experts, float* row) {
+  const double denominator = static_cast<double>(source_count) + 1.0;
+  for (int32_t j = 0; j < num_experts; ++j) {
+    row[j] = static_cast<float>((count[j] + double{target_frequency[j]}) / denominator);
+  }
+}
+
+// log(row / target frequency), the naive-Bayes evidence of one table row.
+void LogRatioRow(const float* row, const float* log_target, int32_t num_experts, float* out) {
+  for (int32_t j = 0; j < num_experts; ++j) out[j] = std::log(row[j]) - log_target[j];
+}
+
 constexpr float kTemperatures[] = {0.25f, 0.5f, 0.75f, 1.0f, 1.5f, 2.0f, 2.5f,
                                    3.0f,  3.5f, 4.0f,  5.0f, 6.0f, 8.0f};
 
@@ -131,14 +146,20 @@ std::span<const uint16_t> TransitionPredictor::PreviousVisit(const SequenceState
 
 // ---- prediction -------------------------------------------------------------------------------
 
-void TransitionPredictor::AddPreviousVisit(const SequenceState& state, int32_t target_layer,
-                                           float weight, float* out) const {
+void TransitionPredictor::AddNextTokenEvidence(int32_t layer, std::span<const uint16_t> visit,
+                                               float weight, float* out) const {
   if (weight == 0.0f) return;
   const int32_t num_experts = options_.space.num_experts;
-  for (uint16_t i : PreviousVisit(state, target_layer)) {
-    const float* row = next_log_ratio_.data() + NextIndex(target_layer, i);
+  for (uint16_t i : visit) {
+    MOE_CHECK(i < num_experts);
+    const float* row = next_log_ratio_.data() + NextIndex(layer, i);
     for (int32_t j = 0; j < num_experts; ++j) out[j] += weight * row[j];
   }
+}
+
+void TransitionPredictor::AddPreviousVisit(const SequenceState& state, int32_t target_layer,
+                                           float weight, float* out) const {
+  AddNextTokenEvidence(target_layer, PreviousVisit(state, target_layer), weight, out);
 }
 
 void TransitionPredictor::Scores(const SequenceState& state, int32_t target_layer, int32_t d,
@@ -190,16 +211,11 @@ bool TransitionPredictor::PredictNextVisit(int64_t, int32_t layer,
                                            std::span<const uint16_t> experts,
                                            std::span<float> probs) const {
   CheckNextVisitArguments(options_, layer, experts, probs);
-  const int32_t num_experts = options_.space.num_experts;
   if (!has_next_token_) return false;
   // Predict's next-token case (Scores with d = 0) with `experts` as this token's visit.
-  const float* log_frequency = log_frequency_.data() + int64_t{layer} * num_experts;
-  std::copy(log_frequency, log_frequency + num_experts, probs.begin());
-  for (uint16_t i : experts) {
-    MOE_CHECK(i < num_experts);
-    const float* row = next_log_ratio_.data() + NextIndex(layer, i);
-    for (int32_t j = 0; j < num_experts; ++j) probs[j] += row[j];
-  }
+  const float* log_frequency = log_frequency_.data() + int64_t{layer} * options_.space.num_experts;
+  std::copy_n(log_frequency, options_.space.num_experts, probs.begin());
+  AddNextTokenEvidence(layer, experts, 1.0f, probs.data());
   ToProbabilities(probs, next_temperature_);
   return true;
 }
@@ -283,26 +299,18 @@ void TransitionPredictor::BuildTables() {
           std::fill(row, row + num_experts, 0.0f);
           continue;
         }
-        const uint32_t* count = counts_.data() + TableIndex(d, l, i);
-        const float* target_frequency = frequency_.data() + int64_t{l + d} * num_experts;
-        const double denominator =
-            static_cast<double>(source_counts_[int64_t{l} * num_experts + i]) + 1.0;
-        for (int32_t j = 0; j < num_experts; ++j) {
-          row[j] = static_cast<float>((count[j] + double{target_frequency[j]}) / denominator);
-        }
+        SmoothedRow(counts_.data() + TableIndex(d, l, i),
+                    source_counts_[int64_t{l} * num_experts + i],
+                    frequency_.data() + int64_t{l + d} * num_experts, num_experts, row);
       }
     }
   }
   for (int32_t l = 0; l < num_layers; ++l) {
-    const float* layer_frequency = frequency_.data() + int64_t{l} * num_experts;
     for (int32_t i = 0; i < num_experts; ++i) {
-      const uint32_t* count = next_counts_.data() + NextIndex(l, i);
-      float* row = next_table_.data() + NextIndex(l, i);
-      const double denominator =
-          static_cast<double>(next_source_counts_[int64_t{l} * num_experts + i]) + 1.0;
-      for (int32_t j = 0; j < num_experts; ++j) {
-        row[j] = static_cast<float>((count[j] + double{layer_frequency[j]}) / denominator);
-      }
+      SmoothedRow(next_counts_.data() + NextIndex(l, i),
+                  next_source_counts_[int64_t{l} * num_experts + i],
+                  frequency_.data() + int64_t{l} * num_experts, num_experts,
+                  next_table_.data() + NextIndex(l, i));
     }
   }
   BuildLogTables();
@@ -320,21 +328,20 @@ void TransitionPredictor::BuildLogTables() {
           std::fill_n(log_ratio_.data() + base, num_experts, 0.0f);
           continue;
         }
-        const float* log_target = log_frequency_.data() + int64_t{l + d} * num_experts;
-        for (int32_t j = 0; j < num_experts; ++j) {
-          log_ratio_[base + j] = std::log(table_[base + j]) - log_target[j];
-        }
+        LogRatioRow(table_.data() + base, log_frequency_.data() + int64_t{l + d} * num_experts,
+                    num_experts, log_ratio_.data() + base);
       }
     }
   }
+  if (!has_next_token_) {  // an older file: no next-token evidence
+    std::fill(next_log_ratio_.begin(), next_log_ratio_.end(), 0.0f);
+    return;
+  }
   for (int32_t l = 0; l < num_layers; ++l) {
-    const float* log_layer = log_frequency_.data() + int64_t{l} * num_experts;
     for (int32_t i = 0; i < num_experts; ++i) {
       const int64_t base = NextIndex(l, i);
-      for (int32_t j = 0; j < num_experts; ++j) {
-        next_log_ratio_[base + j] =
-            has_next_token_ ? std::log(next_table_[base + j]) - log_layer[j] : 0.0f;
-      }
+      LogRatioRow(next_table_.data() + base, log_frequency_.data() + int64_t{l} * num_experts,
+                  num_experts, next_log_ratio_.data() + base);
     }
   }
 }

@@ -119,6 +119,10 @@ class TransitionPredictor final : public Predictor {
   int64_t NextIndex(int32_t layer, int32_t from) const {
     return (int64_t{layer} * options_.space.num_experts + from) * options_.space.num_experts;
   }
+  // Adds weight x the next-token tables' log ratios of `visit` (experts chosen at `layer` on one
+  // visit) to `out`: the evidence about the next visit.
+  void AddNextTokenEvidence(int32_t layer, std::span<const uint16_t> visit, float weight,
+                            float* out) const;
   // Adds weight x the previous visit's log ratios (next-token tables) to `out`.
   void AddPreviousVisit(const SequenceState& state, int32_t target_layer, float weight,
                         float* out) const;

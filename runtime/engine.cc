@@ -187,6 +187,14 @@ struct Engine::Impl {
   DeviceBuffer workspace;
   std::unique_ptr<ForwardOps> ops;
 
+  // Token t's experts at the current MoE layer (layer_ids), as the predictor and planner take
+  // them; valid until the next call.
+  std::span<const uint16_t> TokenExperts(int64_t t) {
+    const int64_t K = cfg->top_k;
+    for (int64_t j = 0; j < K; ++j) token_experts[j] = static_cast<uint16_t>(layer_ids[t * K + j]);
+    return token_experts;
+  }
+
   std::span<const float> TokenState(int64_t t) const {
     const auto H = static_cast<size_t>(cfg->hidden_size);
     return {token_state.data() + static_cast<size_t>(t) * H, H};
@@ -616,10 +624,8 @@ absl::Status Engine::Impl::MoeBlock(int32_t layer, int64_t n) {
 
   if (predictor != nullptr) MeasureRecall(layer, n);
   if (scores != nullptr) {  // the "predictive" policy's scores: the next visit, given this one
-    for (int64_t t = 0; t < n; ++t) {
-      for (int64_t j = 0; j < K; ++j) token_experts[j] = static_cast<uint16_t>(host_ids[t * K + j]);
-      planner->BeforeAcquire(step_requests[t], layer, token_experts);
-    }
+    for (int64_t t = 0; t < n; ++t)
+      planner->BeforeAcquire(step_requests[t], layer, TokenExperts(t));
   }
   PhaseStats& phase = n > 1 ? stats.prefill : stats.decode;
   if (cpu_fallback_bypass) MOE_RETURN_IF_ERROR(RunMissesOnHost());
@@ -725,7 +731,7 @@ absl::Status Engine::Impl::RunExpert(const AcquiredExpert& a, bool on_cpu) {
 absl::Status Engine::Impl::PlanPrefetches(int32_t layer, int64_t n, PhaseStats& phase) {
   // The same order as replay: the step's experts were acquired, now each token's routing is
   // observed and its predicted experts prefetched.
-  const int64_t H = cfg->hidden_size, K = cfg->top_k;
+  const int64_t H = cfg->hidden_size;
   const bool hidden = predictor->uses_hidden_states();
   // The residual stream after this layer, on the host (copied back only for hidden-state
   // predictors, and only where activations are not host memory).
@@ -741,9 +747,8 @@ absl::Status Engine::Impl::PlanPrefetches(int32_t layer, int64_t n, PhaseStats& 
   // Only a single-token step's prediction supersedes earlier ones for the same layer visit.
   const bool cancel_stale = cancel_stale_prefetches && n == 1;
   for (int64_t t = 0; t < n; ++t) {
-    for (int64_t j = 0; j < K; ++j) token_experts[j] = static_cast<uint16_t>(layer_ids[t * K + j]);
     planner->AfterRouting(
-        *cache, step_requests[t], layer, token_experts,
+        *cache, step_requests[t], layer, TokenExperts(t),
         hidden ? std::span<const float>(hx + t * H, static_cast<size_t>(H))
                : std::span<const float>(),
         [&](int32_t) { return transfers->AdmitPrefetch(); },

@@ -20,6 +20,7 @@
 #include "runtime/engine.h"
 #include "runtime/logging.h"
 #include "runtime/model.h"
+#include "runtime/sampler.h"
 #include "runtime/status.h"
 #include "runtime/tokenizer.h"
 #include "tools/common/cli_flags.h"
@@ -103,10 +104,6 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> Prompts(const Model& model,
   }
   if (prompts.empty()) return InvalidArgument("--prompt-file {}: no prompts", file);
   return prompts;
-}
-
-int32_t Argmax(std::span<const float> logits) {
-  return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
 }
 
 // Runs every prompt for `tokens` greedy steps (the first is its prefill), `batch` requests at a

@@ -180,20 +180,21 @@ absl::StatusOr<ReplayResult> RunReplay(const RoutingTrace& trace, const ReplaySc
   uint64_t pos = 0;
   double now = 0;
   bool first_step = true;
+  auto no_room = [&](int32_t l) {
+    return Internal("no unpinned expert to evict at layer {} (capacity {})", l,
+                    cache->capacity_per_partition());
+  };
   // The plain case (one token per step, nothing but counts: no timing model, no oracle, no
   // predictor): each token's row of the trace straight through the cache's one-call access.
-  // The general loop below gives the same counts; this one runs ~15% faster, which is the
-  // point of `moe-replay` as a sweep tool.
+  // The general loop below gives the same counts; this one was about 10% faster (15.6 -> 17.2
+  // M decisions/s on DeepSeek), which is the point of `moe-replay` as a sweep tool.
   const bool plain = !timed && !use_future && predictor == nullptr && !schedule.interleaved();
   for (const ReplayStep& step : schedule.steps()) {
     if (plain && step.count == 1 && !(options.reset_per_sequence && step.starts_sequence_alone)) {
       const int64_t token = schedule.Tokens(step)[0].token;
       const std::span<const uint16_t> row(trace.Experts(token, 0).data(),
                                           static_cast<size_t>(L) * K);
-      if (const int32_t l = cache->AccessToken(row, K); l >= 0) {
-        return Internal("no unpinned expert to evict at layer {} (capacity {})", l,
-                        cache->capacity_per_partition());
-      }
+      if (const int32_t l = cache->AccessToken(row, K); l >= 0) return no_room(l);
       pos += static_cast<uint64_t>(L) * K;
       result.token_layers += L;
       ++result.tokens;
@@ -219,17 +220,17 @@ absl::StatusOr<ReplayResult> RunReplay(const RoutingTrace& trace, const ReplaySc
       double layer_ready = now;
       if (timed) link->AdvanceTo(now);
       const bool multi = tokens.size() > 1;
+      if (planner) {  // eviction scores for the next visit, before the acquire, as the engine
+        for (const ScheduledToken& tok : tokens) {
+          planner->BeforeAcquire(tok.sequence, l, trace.Experts(tok.token, l));
+        }
+      }
       if (multi) {
         // A multi-token step (continuous batching, prefill chunk): one access per distinct
         // expert, acquired in waves exactly as the engine does (memory/expert_set.h).
         ++stamp;
         step_keys.clear();
         step_hints.clear();
-        if (planner) {  // eviction scores for the next visit, as the engine sets them
-          for (const ScheduledToken& tok : tokens) {
-            planner->BeforeAcquire(tok.sequence, l, trace.Experts(tok.token, l));
-          }
-        }
         for (const ScheduledToken& tok : tokens) {
           const auto experts = trace.Experts(tok.token, l);
           for (int32_t j = 0; j < K; ++j, ++pos) {
@@ -267,15 +268,9 @@ absl::StatusOr<ReplayResult> RunReplay(const RoutingTrace& trace, const ReplaySc
       }
       for (const ScheduledToken& tok : tokens) {
         const auto experts = trace.Experts(tok.token, l);
-        // Eviction scores for the next visit, as the engine sets them (single-token steps here;
-        // multi-token steps above).
-        if (!multi && planner) planner->BeforeAcquire(tok.sequence, l, experts);
         if (!multi && !timed && !use_future) {  // counts only: the cache's one-call path
           pos += static_cast<uint64_t>(K);
-          if (!cache->AccessSet(base, experts)) {
-            return Internal("no unpinned expert to evict at layer {} (capacity {})", l,
-                            cache->capacity_per_partition());
-          }
+          if (!cache->AccessSet(base, experts)) return no_room(l);
         } else if (!multi) {
           const uint64_t set_pos = pos;
           pos += static_cast<uint64_t>(K);
@@ -319,10 +314,7 @@ absl::StatusOr<ReplayResult> RunReplay(const RoutingTrace& trace, const ReplaySc
             const int32_t j = std::countr_zero(missing);
             room &= acquire(j, base + experts[j]);
           }
-          if (!room) {
-            return Internal("no unpinned expert to evict at layer {} (capacity {})", l,
-                            c.capacity_per_partition());
-          }
+          if (!room) return no_room(l);
           for (int32_t j = 0; j < K; ++j) cache->Release(base + experts[j]);
         }
 
