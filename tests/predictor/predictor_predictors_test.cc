@@ -759,7 +759,7 @@ TEST(PredictorFileTest, LoadsFilesWrittenBeforeTheNextTokenTables) {
 TEST(PredictorFileTest, LoadRejectsBadNextTokenTables) {
   PredictorOptions options = Options(4, 8, 2);
   const std::string path = TempPath("bad_next.safetensors");
-  auto write = [&](float entry, float weight) {
+  auto write = [&](float entry, float weight, float next_temperature = 2.0f) {
     const TransitionPredictor source(options);
     const std::string good = TempPath("good_next.safetensors");
     ASSERT_TRUE(source.Save(good).ok());
@@ -775,6 +775,7 @@ TEST(PredictorFileTest, LoadRejectsBadNextTokenTables) {
       ASSERT_TRUE(ReadF32Tensor(**file, name, info->shape, values).ok());
       if (name == "next_token") values[37] = entry;
       if (name == "previous_token_weight") values[0] = weight;
+      if (name == "next_temperature") values[0] = next_temperature;
       ASSERT_TRUE(AddF32Tensor(writer, name, info->shape, values).ok());
     }
     ASSERT_TRUE(writer.Write(path).ok());
@@ -793,6 +794,10 @@ TEST(PredictorFileTest, LoadRejectsBadNextTokenTables) {
   const absl::Status status = transition.Load(path);
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(status.message()), HasSubstr("previous_token_weight is -1"));
+  write(0.5f, 0.5f, 0.0f);
+  const absl::Status zero = TransitionPredictor(options).Load(path);
+  EXPECT_EQ(zero.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(zero.message()), HasSubstr("next_temperature is 0"));
   std::filesystem::remove(path);
 }
 
