@@ -15,7 +15,9 @@
 //   <stream>/lru/layer/access_token  ExpertCache::AccessToken, the replay tool's one-call path;
 //   <stream>/baseline_list_lru/layer a hand-written list LRU over the same data (no pins beyond
 //                                     the token's set, no checks, no statistics): what one LRU
-//                                     decision costs on this machine, for comparison.
+//                                     decision costs on this machine, for comparison;
+//   <stream>/lru_counter/layer        LruReplayCounter, moe-replay's count-only fast path;
+//   <stream>/belady_counter/layer     BeladyReplayCounter (next uses from the cyclic stream).
 //
 //   build/bin/moe_cache_bench [--benchmark_filter=lru]
 #include <benchmark/benchmark.h>
@@ -27,11 +29,13 @@
 #include <memory>
 #include <numeric>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "memory/expert_cache.h"
 #include "memory/expert_scores.h"
+#include "memory/replay_counters.h"
 
 namespace moe {
 
@@ -277,6 +281,37 @@ void BM_BaselineListLru(benchmark::State& state, const Stream* (*get)()) {
   state.counters["hit_rate"] = double(hits) / double(hits + misses);
 }
 
+// moe-replay's count-only counters (memory/replay_counters.h), one token per iteration.
+void BM_ReplayCounter(benchmark::State& state, const Stream* (*get)(), bool belady) {
+  const Stream& s = *get();
+  if (s.keys.empty()) {
+    state.SkipWithError("trace not found");
+    return;
+  }
+  const ExpertSpace space{kLayers, kExperts};
+  LruReplayCounter lru(space, kEntriesPerLayer, kTopK);
+  BeladyReplayCounter opt(space, kEntriesPerLayer, kTopK);
+  const size_t row = size_t{kLayers} * kTopK;
+  std::vector<uint32_t> next_use(row);
+  uint32_t position = 1;  // of the row's first access; positions must be > 0
+  size_t i = 0;
+  for (auto _ : state) {
+    const std::span<const uint16_t> routing(s.experts.data() + i, row);
+    if (belady) {
+      for (size_t j = 0; j < row; ++j) next_use[j] = position + uint32_t(j) + s.next_delta[i + j];
+      opt.AccessToken(routing, next_use);
+      position += uint32_t(row);
+    } else {
+      lru.AccessToken(routing);
+    }
+    i += row;
+    if (i == s.experts.size()) i = 0;
+  }
+  const ReplayCounts& c = belady ? opt.counts() : lru.counts();
+  state.SetItemsProcessed(static_cast<int64_t>(state.iterations()) * kLayers);
+  state.counters["hit_rate"] = double(c.hits) / double(c.hits + c.misses);
+}
+
 }  // namespace moe
 
 int main(int argc, char** argv) {
@@ -299,6 +334,10 @@ int main(int argc, char** argv) {
                                  moe::BM_AccessToken, source.get);
     benchmark::RegisterBenchmark((std::string(source.name) + "/baseline_list_lru/layer").c_str(),
                                  moe::BM_BaselineListLru, source.get);
+    benchmark::RegisterBenchmark((std::string(source.name) + "/lru_counter/layer").c_str(),
+                                 moe::BM_ReplayCounter, source.get, false);
+    benchmark::RegisterBenchmark((std::string(source.name) + "/belady_counter/layer").c_str(),
+                                 moe::BM_ReplayCounter, source.get, true);
   }
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;

@@ -4,6 +4,7 @@
 #include <list>
 #include <random>
 #include <set>
+#include <string>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -256,6 +257,37 @@ TEST(Replay, LruMatchesBruteForceOnRandomTraces) {
       ASSERT_TRUE(r.ok()) << r.status();
       EXPECT_EQ(r->stats.hits, BruteForceLruHits(t, cap)) << "seed " << seed << " cap " << cap;
       EXPECT_EQ(r->stats.accesses, static_cast<uint64_t>(t.num_tokens()) * 3 * 2);
+    }
+  }
+}
+
+// Counting-only LRU and Belady replays take the fast counters (memory/replay_counters.h); a timed
+// replay takes the general loop through ExpertCache. Both must count the same.
+TEST(Replay, CountOnlyFastPathCountsAsTheGeneralLoop) {
+  for (uint32_t seed = 1; seed <= 6; ++seed) {
+    RoutingTrace t = RandomTrace(3, 64, 6, 20, seed, 40);
+    ReplaySchedule s(t, {}, 1);
+    for (const char* policy : {"lru", "belady"}) {
+      for (bool reset : {false, true}) {
+        ReplayOptions o;
+        o.capacity_per_layer = 10;
+        o.policy = policy;
+        o.reset_per_sequence = reset;
+        auto counted = RunReplay(t, s, o, nullptr);
+        o.link_gbps = 25;
+        o.layer_compute_us = 100;
+        auto timed = RunReplay(t, s, o, nullptr);
+        ASSERT_TRUE(counted.ok() && timed.ok());
+        SCOPED_TRACE(std::string(policy) + (reset ? " reset" : "") + " seed " +
+                     std::to_string(seed));
+        EXPECT_EQ(counted->stats.hits, timed->stats.hits);
+        EXPECT_EQ(counted->stats.misses, timed->stats.misses);
+        EXPECT_EQ(counted->stats.evictions, timed->stats.evictions);
+        EXPECT_EQ(counted->stats.bytes_loaded, timed->stats.bytes_loaded);
+        EXPECT_EQ(counted->token_layers, timed->token_layers);
+        EXPECT_EQ(counted->steps, timed->steps);
+        EXPECT_GT(counted->stats.evictions, 0u);
+      }
     }
   }
 }

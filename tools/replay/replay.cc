@@ -6,8 +6,10 @@
 #include <limits>
 #include <memory>
 #include <optional>
+#include <type_traits>
 
 #include "memory/expert_set.h"
+#include "memory/replay_counters.h"
 #include "predictor/prefetch_planner.h"
 #include "runtime/status.h"
 #include "tools/replay/link_model.h"
@@ -52,6 +54,40 @@ absl::StatusOr<std::vector<uint32_t>> ComputeNextUse(const RoutingTrace& trace,
     }
   }
   return next_use;
+}
+
+// The count-only replay of per-layer LRU and Belady with one token per step, through the exact
+// counters of memory/replay_counters.h (about 2x as fast as the cache; the counts are the same,
+// tested there and in tests/tools/replay_test.cc).
+template <typename Counter>
+ReplayResult ReplayByCounter(const RoutingTrace& trace, const ReplaySchedule& schedule,
+                             bool reset_per_sequence, const std::vector<uint32_t>& next_use,
+                             Counter& counter) {
+  ReplayResult result;
+  const size_t row = static_cast<size_t>(trace.header.num_layers) * size_t(trace.header.top_k);
+  size_t pos = 0;
+  bool first = true;
+  for (const ReplayStep& step : schedule.steps()) {
+    if (reset_per_sequence && step.starts_sequence_alone && !first) counter.Clear();
+    first = false;
+    const int64_t token = schedule.Tokens(step)[0].token;
+    const std::span<const uint16_t> routing(trace.Experts(token, 0).data(), row);
+    if constexpr (std::is_same_v<Counter, BeladyReplayCounter>) {
+      counter.AccessToken(routing, {next_use.data() + pos, row});
+    } else {
+      counter.AccessToken(routing);
+    }
+    pos += row;
+  }
+  const ReplayCounts& counts = counter.counts();
+  result.stats.hits = counts.hits;
+  result.stats.misses = counts.misses;
+  result.stats.accesses = counts.hits + counts.misses;
+  result.stats.evictions = counts.evictions;
+  result.tokens = schedule.num_tokens();
+  result.steps = schedule.num_tokens();
+  result.token_layers = schedule.num_tokens() * trace.header.num_layers;
+  return result;
 }
 
 }  // namespace
@@ -129,11 +165,31 @@ absl::StatusOr<ReplayResult> RunReplay(const RoutingTrace& trace, const ReplaySc
   }
 
   ReplayResult result;
-  result.expert_bytes = cache_options.expert_bytes;
-  result.capacity_per_partition = cache->capacity_per_partition();
-  result.capacity_total = cache->capacity_total();
-
   const bool timed = options.link_gbps > 0;
+  const int64_t capacity = cache->capacity_per_partition();
+  const bool counts_only = !timed && predictor == nullptr && options.scope == CacheScope::kLayer &&
+                           schedule.steps().size() == static_cast<size_t>(schedule.num_tokens());
+  bool counted = false;
+  if (counts_only && options.policy == "lru" && LruReplayCounter::Supports(space, capacity, K)) {
+    LruReplayCounter counter(space, static_cast<int32_t>(capacity), K);
+    result = ReplayByCounter(trace, schedule, options.reset_per_sequence, next_use, counter);
+    counted = true;
+  } else if (counts_only && options.policy == "belady" &&
+             BeladyReplayCounter::Supports(space, capacity, K)) {
+    BeladyReplayCounter counter(space, static_cast<int32_t>(capacity), K);
+    result = ReplayByCounter(trace, schedule, options.reset_per_sequence, next_use, counter);
+    counted = true;
+  }
+  result.expert_bytes = cache_options.expert_bytes;
+  result.capacity_per_partition = capacity;
+  result.capacity_total = cache->capacity_total();
+  if (counted) {
+    result.stats.bytes_loaded = result.stats.misses * result.expert_bytes;
+    result.seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - wall_start).count();
+    return result;
+  }
+
   std::optional<LinkModel> link;
   if (timed) {
     const double transfer_us =
