@@ -81,4 +81,8 @@ j = json.load(open(os.path.join(d, "t_lru_demand.json")))
 print(f"\nfloor = max(compute {j['timing']['compute_bound_us']/1e3:.1f} ms, belady loads "
       f"{j['belady_loads']} x transfer) = {j['timing']['floor_us']/1e3:.1f} ms")
 PY
+
+echo
+echo "## eviction that sees the next H tokens (held-out 20%, same timing model)"
+"$build/bin/moe-horizon-oracle" --trace "$T" --capacity 16 --train-fraction 0.8
 rm -rf "$out"

@@ -4,6 +4,7 @@
 #include <fstream>
 #include <string>
 
+#include "fmt/format.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -51,6 +52,39 @@ TEST_F(CliTest, ReplayJsonHasTheDocumentedFields) {
   EXPECT_EQ(j["bytes_loaded"].get<uint64_t>(), j["loads"].get<uint64_t>() * 1000000u);
   EXPECT_GE(j["belady_hit_rate"].get<double>(), j["hit_rate"].get<double>());
   EXPECT_FALSE(j.contains("prefetches"));
+}
+
+// The horizon oracle at H = 0 is LRU and at H = inf Belady: its loads must equal moe-replay's,
+// which come from the separate replay counters.
+TEST_F(CliTest, HorizonOracleEndsAreLruAndBelady) {
+  CommandResult replay = Exec("moe-replay --trace " + trace_ + " --capacity 3 --json");
+  ASSERT_EQ(replay.exit_code, 0) << replay.errors;
+  auto j = nlohmann::json::parse(replay.output);
+  CommandResult r = Exec("moe-horizon-oracle --trace " + trace_ +
+                         " --capacity 3 --train-fraction 0 --horizons 0,1,inf");
+  ASSERT_EQ(r.exit_code, 0) << r.errors;
+  EXPECT_THAT(r.output, HasSubstr(fmt::format("| 0 | {:.4f} | {} |", j["hit_rate"].get<double>(),
+                                              j["loads"].get<uint64_t>())));
+  EXPECT_THAT(r.output, HasSubstr(fmt::format("| inf (Belady) | {:.4f} | {} |",
+                                              j["belady_hit_rate"].get<double>(),
+                                              j["belady_loads"].get<uint64_t>())));
+  EXPECT_THAT(r.output, HasSubstr("| 1 | "));
+}
+
+TEST_F(CliTest, HorizonOracleBadInputIsOneClearError) {
+  for (const auto& [args, needle] : std::vector<std::pair<std::string, std::string>>{
+           {"", "--trace is required"},
+           {" --trace " + trace_ + " --horizons 1,soon", "'soon' is not a token count"},
+           {" --trace " + trace_ + " --capacity 1", "--capacity 1 must be in [top_k 2, 8"},
+           {" --trace " + trace_ + " --train-fraction 1", "--train-fraction 1 must be in"},
+           {" --trace " + trace_ + " --horizons ,", "--horizons lists no horizon"},
+           {" --trace " + trace_ + " --link-gbps 0", "--link-gbps > 0 (got 0)"},
+           {" --trace " + (dir_ / "missing").string(), "missing"}}) {
+    CommandResult r = Exec("moe-horizon-oracle" + args);
+    EXPECT_EQ(r.exit_code, 2) << args;
+    EXPECT_THAT(r.errors, HasSubstr("moe-horizon-oracle: error: ")) << args;
+    EXPECT_THAT(r.errors, HasSubstr(needle)) << args;
+  }
 }
 
 TEST_F(CliTest, ReplayWithPrefetchAndTimingReportsBoth) {
