@@ -85,4 +85,6 @@ PY
 echo
 echo "## eviction that sees the next H tokens (held-out 20%, same timing model)"
 "$build/bin/moe-horizon-oracle" --trace "$T" --capacity 16 --train-fraction 0.8
+"$build/bin/moe-horizon-oracle" --trace "$T" --capacity 16 --train-fraction 0.8 \
+  --fallback-decay 0.95 --horizons 0,1,2,3,inf
 rm -rf "$out"

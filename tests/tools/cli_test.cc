@@ -79,6 +79,7 @@ TEST_F(CliTest, HorizonOracleBadInputIsOneClearError) {
            {" --trace " + trace_ + " --train-fraction 1", "--train-fraction 1 must be in"},
            {" --trace " + trace_ + " --horizons ,", "--horizons lists no horizon"},
            {" --trace " + trace_ + " --link-gbps 0", "--link-gbps > 0 (got 0)"},
+           {" --trace " + trace_ + " --fallback-decay 1", "--fallback-decay 1 must be in [0, 1)"},
            {" --trace " + (dir_ / "missing").string(), "missing"}}) {
     CommandResult r = Exec("moe-horizon-oracle" + args);
     EXPECT_EQ(r.exit_code, 2) << args;

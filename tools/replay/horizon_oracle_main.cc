@@ -3,18 +3,20 @@
 // Replays a trace's sequences (the held-out part of moe-replay's --train-fraction split, one
 // token per step, the cache persisting) through per-layer caches whose eviction is an oracle that
 // knows the routing of the next H tokens only: at a miss in a full layer it evicts, among the
-// residents outside the token's set, the least recently used one not needed within H tokens, or,
-// when all are, the one needed last. H = 0 is LRU (checked against LruReplayCounter), H = inf is
-// Belady. It measures what perfect knowledge of the next H tokens is worth on top of LRU. It is
-// not a bound on policies that predict H tokens ahead: those also use the past beyond H (the
-// project's "predictive" policy, which predicts one token ahead and weighs frequency, loads a
-// little less than the 1-token oracle). The table prints the loads with the timing model's two
-// times relative to LRU on demand: "demand" (loads x transfer + compute, as moe-replay's timing
-// model without prefetching) and "overlapped" (max(compute, loads x transfer): every load hidden
-// behind compute or another load, the best prefetching could do with those loads).
+// residents outside the token's set, the least recently used one (or, with --fallback-decay, the
+// one of lowest LRFU value) not needed within H tokens, or, when all are, the one needed last.
+// H = 0 is LRU (checked against LruReplayCounter) or LRFU, H = inf is Belady. It measures what
+// perfect knowledge of the next H tokens is worth on top of LRU. It is not a bound on policies that
+// predict H tokens ahead: those also use the past beyond H (the project's "predictive" policy,
+// which predicts one token ahead and weighs frequency, loads a little less than the 1-token
+// oracle). The table prints the loads with the timing model's two times relative to LRU on demand:
+// "demand" (loads x transfer + compute, as moe-replay's timing model without prefetching) and
+// "overlapped" (max(compute, loads x transfer): every load hidden behind compute or another load,
+// the best prefetching could do with those loads).
 //
 //   build/bin/moe-horizon-oracle --trace ../shared/data/routing-traces/deepseek-v2-lite-puffin
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <string>
@@ -38,6 +40,7 @@ struct Options {
   int64_t capacity = 16;
   double train_fraction = 0.8;
   std::string horizons = "0,1,2,3,5,10,inf";
+  double fallback_decay = 0;  // 0: LRU beyond the horizon; else LRFU with this decay per token
   uint64_t expert_bytes = 17'300'000;
   double link_gbps = 25;
   double layer_compute_us = 150;
@@ -70,12 +73,23 @@ Replay Prepare(const RoutingTrace& trace, const ReplaySchedule& schedule) {
 }
 
 // Loads of the H-token oracle (hits first, then misses, as the cache's access rule).
-uint64_t OracleLoads(const RoutingTrace& trace, const Replay& r, int32_t capacity,
-                     int64_t horizon) {
+// Beyond the horizon the oracle falls back to LRU (fallback_decay 0) or to LRFU: evict the
+// smallest sum over past uses of decay^(tokens since the use), kept as its logarithm plus
+// (last use) x log(1 / decay), which orders residents without rescaling as time passes.
+uint64_t OracleLoads(const RoutingTrace& trace, const Replay& r, int32_t capacity, int64_t horizon,
+                     double fallback_decay) {
   const int32_t L = trace.header.num_layers, K = trace.header.top_k;
   const int32_t E = trace.header.num_experts;
   std::vector<uint8_t> resident(size_t(L) * E, 0);
   std::vector<int64_t> stamp(resident.size(), 0), next(resident.size(), kInfinite);
+  const bool lrfu = fallback_decay > 0;
+  const double log_decay = lrfu ? std::log(fallback_decay) : 0;
+  std::vector<double> value(lrfu ? resident.size() : 0, 0);  // the LRFU value's log, shifted
+  std::vector<int64_t> last_step(value.size(), -1);          // -1: never used
+  auto fallback_below = [&](size_t c, size_t b) {            // c is a better victim than b beyond H
+    if (lrfu && value[c] != value[b]) return value[c] < value[b];
+    return stamp[c] < stamp[b];
+  };
   std::vector<int32_t> size(size_t(L), 0);
   std::vector<uint32_t> in_set(size_t(E), 0);
   uint32_t set_id = 0;
@@ -113,7 +127,7 @@ uint64_t OracleLoads(const RoutingTrace& trace, const Replay& r, int32_t capacit
             }
             const size_t b = base + size_t(victim);
             const bool better =
-                far ? (!victim_far || stamp[c] < stamp[b]) : (!victim_far && next[c] > next[b]);
+                far ? (!victim_far || fallback_below(c, b)) : (!victim_far && next[c] > next[b]);
             if (better) {
               victim = v;
               victim_far = far;
@@ -127,6 +141,14 @@ uint64_t OracleLoads(const RoutingTrace& trace, const Replay& r, int32_t capacit
         resident[e] = 1;
         stamp[e] = ++clock;
         next[e] = next_of[j];
+      }
+      if (lrfu) {  // one more use now; the value kept across evictions
+        for (int32_t j = 0; j < K; ++j) {
+          const size_t e = base + experts[j];
+          const double now = last_step[e] < 0 ? 0.0 : std::exp(value[e] + double(step) * log_decay);
+          value[e] = std::log(now + 1.0) - double(step) * log_decay;
+          last_step[e] = step;
+        }
       }
     }
   }
@@ -149,6 +171,9 @@ absl::Status Run(const Options& o) {
     horizons.push_back(value);
   }
   if (horizons.empty()) return InvalidArgument("--horizons lists no horizon");
+  if (!(o.fallback_decay >= 0 && o.fallback_decay < 1)) {
+    return InvalidArgument("--fallback-decay {} must be in [0, 1) (0: LRU)", o.fallback_decay);
+  }
   if (o.link_gbps <= 0 || o.layer_compute_us < 0 || o.expert_bytes == 0) {
     return InvalidArgument(
         "the timing model needs --link-gbps > 0 (got {}), --layer-compute-us >= 0 (got {}) and "
@@ -190,15 +215,18 @@ absl::Status Run(const Options& o) {
   const double lru_demand_us = double(lru.counts().misses) * transfer_us + compute_us;
   fmt::print("{}: {} sequences, {} tokens replayed; capacity {} of {} per layer\n", o.trace,
              replayed.size(), r.rows.size(), capacity, trace.header.num_experts);
-  fmt::print("timing model: {:.1f} us per expert transfer, {:.0f} us compute per layer\n\n",
+  fmt::print("timing model: {:.1f} us per expert transfer, {:.0f} us compute per layer\n",
              transfer_us, o.layer_compute_us);
+  fmt::print("beyond the horizon: {}\n\n",
+             o.fallback_decay > 0 ? fmt::format("LRFU, decay {} per token", o.fallback_decay)
+                                  : std::string("LRU"));
   fmt::print(
       "| horizon (tokens) | hit rate | loads | vs LRU loads | demand vs LRU demand | "
       "overlapped vs LRU demand |\n|---|---|---|---|---|---|\n");
   const double accesses = double(r.rows.size()) * trace.header.num_layers * K;
   for (int64_t h : horizons) {
-    const uint64_t loads = OracleLoads(trace, r, capacity, h);
-    if (h == 0 && loads != lru.counts().misses) {
+    const uint64_t loads = OracleLoads(trace, r, capacity, h, o.fallback_decay);
+    if (h == 0 && o.fallback_decay == 0 && loads != lru.counts().misses) {
       return Internal("horizon 0 loads {} differ from LRU's {}", loads, lru.counts().misses);
     }
     const double link_us = double(loads) * transfer_us;
@@ -224,6 +252,9 @@ int main(int argc, char** argv) {
   flags.AddDouble("train-fraction", &o.train_fraction,
                   "replay the held-out part of moe-replay's split (0: every sequence)");
   flags.AddString("horizons", &o.horizons, "tokens the oracle sees ahead, comma-separated");
+  flags.AddDouble("fallback-decay", &o.fallback_decay,
+                  "beyond the horizon: 0 evicts the least recently used, a decay in (0, 1) the "
+                  "lowest LRFU value (decay per token)");
   flags.AddBytes("expert-bytes", &o.expert_bytes, "bytes of one expert");
   flags.AddDouble("link-gbps", &o.link_gbps, "host-to-device link, GB/s");
   flags.AddDouble("layer-compute-us", &o.layer_compute_us, "compute per MoE layer, microseconds");
