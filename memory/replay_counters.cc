@@ -18,6 +18,7 @@ namespace moe {
 namespace {
 
 using I8x16 = int8_t __attribute__((vector_size(16)));
+using U8x16 = uint8_t __attribute__((vector_size(16)));
 using I32x4 = int32_t __attribute__((vector_size(16)));
 
 constexpr int8_t kAbsentRank = 127;
@@ -51,23 +52,30 @@ void CheckRow(const ExpertSpace& space, int32_t top_k, std::span<const uint16_t>
 // j's rank before the set (kAbsentRank: a miss). The members' own ranks are set afterwards.
 template <int kChunks>
 void ApplySet(int8_t* ranks, const int8_t* before, int32_t top_k, int32_t loads, int32_t capacity) {
-  I8x16 old[kChunks], now[kChunks];
+  // Sums in unsigned lanes, which wrap (an absent rank plus the loads passes 127); compares in
+  // signed lanes, where every rank that matters is below 127. (Vector casts reinterpret bits.)
+  I8x16 old[kChunks];
+  U8x16 now[kChunks];
   for (int c = 0; c < kChunks; ++c) {
     std::memcpy(&old[c], ranks + 16 * c, 16);
-    now[c] = old[c] + static_cast<int8_t>(loads);
+    now[c] = (U8x16)old[c] + static_cast<uint8_t>(loads);
   }
   for (int32_t j = 0; j < top_k; ++j) {
     // A miss compares with -1, which no rank is below.
     const auto threshold = static_cast<int8_t>(before[j] == kAbsentRank ? -1 : before[j]);
     const I8x16 t = I8x16{} + threshold;
-    for (int c = 0; c < kChunks; ++c) now[c] -= (old[c] < t);  // true is -1
+    for (int c = 0; c < kChunks; ++c) {
+      const I8x16 below = old[c] < t;  // true is all ones: subtracting it adds one
+      now[c] -= (U8x16)below;
+    }
   }
   const I8x16 absent = I8x16{} + kAbsentRank;
-  const I8x16 cap = I8x16{} + static_cast<int8_t>(capacity);
+  const U8x16 cap = U8x16{} + static_cast<uint8_t>(capacity);
   for (int c = 0; c < kChunks; ++c) {
-    const I8x16 gone = (old[c] == absent) | (now[c] >= cap);
-    now[c] = (now[c] & ~gone) | (absent & gone);
-    std::memcpy(ranks + 16 * c, &now[c], 16);
+    const I8x16 gone = (old[c] == absent) | (I8x16)(now[c] >= cap);  // lanes: 0 or -1
+    const I8x16 rank = (I8x16)now[c];
+    const I8x16 result = (rank & ~gone) | (absent & gone);
+    std::memcpy(ranks + 16 * c, &result, 16);
   }
 }
 
@@ -114,8 +122,6 @@ constexpr auto TableOf(std::index_sequence<I...>, F pick) {
 }
 
 // Dispatch tables indexed by chunks - 1 (1 to 16 chunks of 16 experts).
-constexpr auto kApplySet = TableOf(std::make_index_sequence<kMaxExperts / 16>{},
-                                   [](auto n) { return &ApplySet<decltype(n)::value>; });
 constexpr auto kFarthest = TableOf(std::make_index_sequence<kMaxExperts / 16>{},
                                    [](auto n) { return &Farthest<decltype(n)::value>; });
 
@@ -138,7 +144,11 @@ LruReplayCounter::LruReplayCounter(const ExpertSpace& space, int32_t capacity, i
                 "lru replay counter: {} experts per layer, capacity {}, top_k {} not supported",
                 space.num_experts, capacity, top_k);
   stride_ = RoundUpTo16(space.num_experts);
-  apply_set_ = kApplySet[size_t(stride_ / 16 - 1)];
+  // Indexed by chunks - 1 (1 to 16 chunks of 16 experts); built here, where the member is visible.
+  static constexpr auto kAccessLayers =
+      TableOf(std::make_index_sequence<kMaxExperts / 16>{},
+              [](auto n) { return &LruReplayCounter::AccessLayers<decltype(n)::value>; });
+  access_layers_ = kAccessLayers[size_t(stride_ / 16 - 1)];
   ranks_.assign(size_t(space.num_layers) * size_t(stride_), kAbsentRank);
   size_.assign(size_t(space.num_layers), 0);
   seen_.assign(size_t(space.num_experts), 0);
@@ -151,9 +161,14 @@ void LruReplayCounter::Clear() {
 
 void LruReplayCounter::AccessToken(std::span<const uint16_t> routing) {
   CheckRow(space_, top_k_, routing, "lru replay counter");
+  (this->*access_layers_)(routing.data());
+}
+
+template <int kChunks>
+void LruReplayCounter::AccessLayers(const uint16_t* routing) {
   const int32_t k = top_k_;
   for (int32_t l = 0; l < space_.num_layers; ++l) {
-    const uint16_t* experts = routing.data() + size_t(l) * size_t(k);
+    const uint16_t* experts = routing + size_t(l) * size_t(k);
     int8_t* ranks = ranks_.data() + size_t(l) * size_t(stride_);
     if (++stamp_ == 0) {  // wrapped: old stamps could match again
       std::fill(seen_.begin(), seen_.end(), 0);
@@ -172,7 +187,7 @@ void LruReplayCounter::AccessToken(std::span<const uint16_t> routing) {
       AccessSetInOrder(ranks, size_[size_t(l)], experts);
       continue;
     }
-    apply_set_(ranks, before, k, loads, capacity_);
+    ApplySet<kChunks>(ranks, before, k, loads, capacity_);
     // The set's new order: its loads in front (the last loaded first), then its hits (the last
     // touched first).
     int32_t later_hits = 0, later_loads = 0;

@@ -48,13 +48,15 @@ class LruReplayCounter {
 
  private:
   void AccessSetInOrder(int8_t* ranks, int32_t& size, const uint16_t* experts);
+  // Every layer of one token (ids checked), for layers of kChunks x 16 experts.
+  template <int kChunks>
+  void AccessLayers(const uint16_t* routing);
 
   ExpertSpace space_;
   int32_t capacity_;
   int32_t top_k_;
   int32_t stride_;  // bytes of ranks per layer: num_experts rounded up to 16
-  void (*apply_set_)(int8_t* ranks, const int8_t* before, int32_t top_k, int32_t loads,
-                     int32_t capacity);
+  void (LruReplayCounter::*access_layers_)(const uint16_t* routing);
   std::vector<int8_t> ranks_;
   std::vector<int32_t> size_;
   std::vector<uint32_t> seen_;  // per expert: stamp of the last set that used it
