@@ -222,6 +222,7 @@ moe_context_params moe_context_default_params(void) {
   p.prefetch_depth = 1;
   p.prefetch_budget = 0;
   p.force_routing_trace = nullptr;
+  p.cpu_fallback = "off";
   return p;
 }
 
@@ -262,6 +263,15 @@ moe_status moe_context_create(moe_model* model, const moe_context_params* params
   options.predictor_file = p.predictor_file == nullptr ? "" : p.predictor_file;
   options.prefetch.depth = p.prefetch_depth;
   options.prefetch.budget = p.prefetch_budget;
+  const std::string fallback = p.cpu_fallback == nullptr ? "off" : p.cpu_fallback;
+  MOE_C_REQUIRE(fallback == "off" || fallback == "on" || fallback == "hybrid",
+                "moe_context_create: unknown cpu_fallback '{}' (off, on, hybrid)", fallback);
+  MOE_C_REQUIRE(fallback == "off" || device != "cpu",
+                "moe_context_create: cpu_fallback '{}' needs a device that is not the CPU (cuda, "
+                "or auto where it picks cuda)",
+                fallback);
+  options.cpu_fallback = fallback != "off";
+  options.cpu_fallback_bypass = fallback == "hybrid";
   if (p.force_routing_trace != nullptr && p.force_routing_trace[0] != '\0') {
     auto trace = moe::ReadTrace(p.force_routing_trace);
     if (!trace.ok()) return FromStatus(trace.status());

@@ -379,6 +379,15 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Mod
 #if MOE_CUDA_ENABLED
   cuda::CudaDevice* cuda_device = nullptr;
 #endif
+  // The CPU fallback serves devices that are not the CPU (checked before any device is made).
+  if (options.cpu_fallback && device_name != "cpu") {
+    if (!(options.cpu_bytes_per_second >= 0) || !(options.cpu_flops_per_second >= 0)) {
+      return InvalidArgument("cpu fallback: {} B/s and {} flop/s must be >= 0 (0: measure)",
+                             options.cpu_bytes_per_second, options.cpu_flops_per_second);
+    }
+    m.cpu_fallback = true;
+    m.cpu_fallback_bypass = options.cpu_fallback_bypass;
+  }
   if (device_name == "fake") {
     if (!(options.fake_device.link_bytes_per_second > 0) ||
         !(options.fake_compute_bytes_per_second > 0)) {
@@ -389,24 +398,13 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Mod
     m.device = MakeFakeDevice(options.fake_device);
     m.charge_compute = true;
     m.seconds_per_byte = 1.0 / options.fake_compute_bytes_per_second;
-    if (options.cpu_fallback) {
-      if (!(options.cpu_bytes_per_second >= 0) || !(options.cpu_flops_per_second >= 0)) {
-        return InvalidArgument("cpu fallback: {} B/s and {} flop/s must be >= 0 (0: measure)",
-                               options.cpu_bytes_per_second, options.cpu_flops_per_second);
-      }
-      m.cpu_fallback = true;
-      m.cpu_fallback_bypass = options.cpu_fallback_bypass;
-      m.transfer_seconds =
-          options.fake_device.link_latency_seconds +
-          double(model->weights.expert_bytes) / options.fake_device.link_bytes_per_second;
-    }
+    m.transfer_seconds =
+        options.fake_device.link_latency_seconds +
+        double(model->weights.expert_bytes) / options.fake_device.link_bytes_per_second;
   } else if (device_name == "cpu") {
     m.device = MakeCpuDevice(0);
   } else {  // cuda
 #if MOE_CUDA_ENABLED
-    if (options.cpu_fallback) {
-      return InvalidArgument("cpu_fallback is not supported on the cuda device yet");
-    }
     MOE_RETURN_IF_ERROR(cuda::CudaForwardOps::CheckSupported(cfg, model->weights));
     auto created = cuda::CudaDevice::Create(cuda::CudaDeviceOptions{});
     if (!created.ok()) return Annotate(created.status(), "device 'cuda'");
@@ -501,8 +499,12 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Mod
 #if MOE_CUDA_ENABLED
   if (cuda_device != nullptr) {
     // Before the weights are copied: Create also waits for the buffers' zero fill.
-    MOE_ASSIGN_OR_RETURN(m.ops, cuda::CudaForwardOps::Create(*cuda_device, cfg, model->weights, T,
-                                                             m.workspace.data()));
+    MOE_ASSIGN_OR_RETURN(auto ops, cuda::CudaForwardOps::Create(*cuda_device, cfg, model->weights,
+                                                                T, m.workspace.data()));
+    if (m.cpu_fallback) {
+      MOE_RETURN_IF_ERROR(ops->EnableHostExperts(m.pool.get(), cfg.intermediate_size));
+    }
+    m.ops = std::move(ops);
     // Expert copies from pinned memory are asynchronous and faster; refused pinning only costs
     // speed (pageable copies are correct).
     auto pins = std::make_shared<cuda::PinnedCheckpoint>();
@@ -564,6 +566,18 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Mod
       options.max_unconfirmed_prefetches);
   m.cache->SetEvictionListener(
       [t = m.transfers.get()](ExpertKey key, int32_t) { t->OnEvicted(key); });
+  if (m.cpu_fallback && device_name == "cuda") {
+    // The link's side of the cost model, measured: one expert into slot 0 (still unused), the
+    // faster of two copies (the first also warms the path up).
+    m.transfer_seconds = INFINITY;
+    for (int i = 0; i < 2; ++i) {
+      const auto start = Clock::now();
+      m.store->CopyToSlot(space.Key(0, 0), *m.device, m.slots.data());
+      m.transfer_seconds = std::min(m.transfer_seconds, SecondsSince(start));
+    }
+    MOE_LOG(kInfo, "cpu fallback: one expert takes {:.3f} ms over the link",
+            m.transfer_seconds * 1e3);
+  }
   for (const LayerWeights& l : m.dev.layers) {
     uint64_t bytes = 0;
     for (const WeightView* v : {&l.q, &l.k, &l.v, &l.o, &l.router, &l.shared_expert.gate,
@@ -720,11 +734,13 @@ bool Engine::Impl::PreferCpuOver(int64_t copies_ahead, int32_t tokens) {
 
 absl::Status Engine::Impl::RunExpert(const AcquiredExpert& a, bool on_cpu) {
   const int32_t e = store->space().Id(a.key).expert;
-  const FfnWeights w =
-      on_cpu ? store->HostWeights(a.key)
-             : store->SlotWeights(a.key, slots.data() + uint64_t(a.slot) * expert_bytes);
+  if (on_cpu) {
+    return ops->RunExpertOnHost(expert_first[e], expert_count[e], store->HostWeights(a.key),
+                                routed_out);
+  }
+  const FfnWeights w = store->SlotWeights(a.key, slots.data() + uint64_t(a.slot) * expert_bytes);
   MOE_RETURN_IF_ERROR(ops->RunExpert(expert_first[e], expert_count[e], w, routed_out));
-  if (charge_compute && !on_cpu) device->ChargeCompute(double(expert_bytes) * seconds_per_byte);
+  if (charge_compute) device->ChargeCompute(double(expert_bytes) * seconds_per_byte);
   return absl::OkStatus();
 }
 

@@ -87,7 +87,7 @@ struct EngineOptions {
   // KV cache and expert slots in GPU memory, expert copies on a copy stream that compute waits
   // for on the GPU. FailedPrecondition when this build has no CUDA or no GPU is usable;
   // InvalidArgument for models the CUDA path does not support (F16 GEMM weights, > 256 experts,
-  // head_dim > 256) and with cpu_fallback. BF16 weights: GEMM inputs are rounded to bf16, so
+  // head_dim > 256). BF16 weights: GEMM inputs are rounded to bf16, so
   // logits differ from the CPU's by about 1e-2 of their range (F32: fp32 rounding only).
   // "auto": cuda when this build has CUDA and a GPU is visible, else cpu.
   // "fake": the FakeDevice (virtual clock, modelled link, fault injection) for measuring
@@ -107,10 +107,14 @@ struct EngineOptions {
   // cost model compares (copies ahead + 1) x transfer time + device compute with the CPU's
   // max(expert bytes / cpu_bytes_per_second, FFN flops / cpu_flops_per_second), so batch-1 decode
   // over a slow link goes to the CPU and large prefill batches do not. Only for devices that are
-  // not the CPU (the fake device; on the CPU device it is ignored; not supported on the cuda device
-  // yet). Results are identical either way, and so are hit rates: moe-replay still reproduces them.
-  // The CPU's rates are measured at Create on a real expert when 0 (the default; reported in
-  // EngineStats); tests and modelled benchmarks give them for deterministic decisions.
+  // not the CPU (the fake and cuda devices; on the CPU device it is ignored). Hit rates are the
+  // same either way: moe-replay still reproduces them. Results are identical on the fake device;
+  // on cuda the expert's input rows are read back, its FFN runs on the CPU in fp32 and its output
+  // rows are written back (CudaForwardOps::RunExpertOnHost), so results agree with the CPU
+  // backend's within the CUDA path's tolerance, and the transfer time is measured at Create by
+  // copying one expert. The CPU's rates are measured at Create on a real expert when 0 (the
+  // default; reported in EngineStats); tests and modelled benchmarks give them for deterministic
+  // decisions.
   bool cpu_fallback = false;
   // With cpu_fallback: a missed expert the cost model sends to the CPU is not loaded at all (no
   // cache slot, no copy, no eviction) unless the link is idle, so copies the CPU made unneeded do

@@ -92,6 +92,14 @@ class ForwardOps {
   virtual absl::Status RunExpert(int32_t first, int32_t count, const FfnWeights& w,
                                  float* expert_out) = 0;
   virtual absl::Status CombineExperts(const float* expert_out, const float* weights, float* x) = 0;
+  // RunExpert for an expert computed by the host CPU from `w` in host memory (the engine's CPU
+  // fallback). Ops on host memory run RunExpert itself (the default). Device ops read the
+  // expert's input rows back, run the FFN on the CPU and write its output rows where RunExpert
+  // would, ordered before CombineExperts.
+  virtual absl::Status RunExpertOnHost(int32_t first, int32_t count, const FfnWeights& w,
+                                       float* expert_out) {
+    return RunExpert(first, count, w, expert_out);
+  }
 
   // Shared expert with a sigmoid gate (Qwen2-MoE): x[t] += sigmoid(xn[t] . gate) * ffn(xn)[t].
   // shared_out [n, H] and gate_out [n] are scratch activations.

@@ -121,13 +121,16 @@ run() {
     "$bin/moe-make-model" --out "$ckpt" --hidden 4096 --intermediate 14336 --layers "$layers" \
       --heads 32 --kv-heads 8 --experts 8 --top-k 2 --dtype bf16 --vocab 32000 \
       --max-shard-size 4GB >/dev/null
-    for run in "cpu all" "cuda all" "cuda 27%"; do
+    # The last two: the engine's CPU fallback on the GPU, and its hybrid rule (misses the CPU
+    # serves are not loaded).
+    for run in "cpu all off" "cuda all off" "cuda 27% off" "cuda 27% on" "cuda 27% hybrid"; do
       set -- $run
-      "$bin/moe-run" --model "$ckpt" --device "$1" --expert-budget "$2" \
+      local log="$out/engine-$1-${2%\%}-$3.log"
+      "$bin/moe-run" --model "$ckpt" --device "$1" --expert-budget "$2" --cpu-fallback "$3" \
         --max-tokens "${MOE_GPU_ENGINE_TOKENS:-32}" --prompt-ids 1,2,3,4,5,6,7,8 "${force[@]}" \
-        >"$out/engine-$1-${2%\%}.log" 2>&1 || failed=1
-      echo "engine ${layers}-layer Mixtral shape, $1, budget $2: $(grep -E '^decode|hit rate|^bytes' \
-        "$out/engine-$1-${2%\%}.log" | tr -s ' ' | tr '\n' ' ')"
+        >"$log" 2>&1 || failed=1
+      echo "engine ${layers}-layer Mixtral shape, $1, budget $2, cpu fallback $3: $(grep -E \
+        '^decode|hit rate|^bytes' "$log" | tr -s ' ' | tr '\n' ' ')"
     done
     rm -rf "$ckpt"
   fi

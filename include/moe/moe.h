@@ -145,6 +145,12 @@ typedef struct moe_context_params {
    * layer l mod its layers), so synthetic weights of a real model's shapes meet real routing.
    * Outputs are then meaningless. NULL or "" (default): the router decides. */
   const char* force_routing_trace;
+  /* CPU fallback for devices that are not the CPU (cuda, or auto where it picks cuda): "off"
+   * (default; NULL too), "on" (a missed expert whose copy would land later than the CPU could
+   * compute it from host memory runs on the CPU; the copy still lands for later tokens) or
+   * "hybrid" (such a miss is not even loaded unless the link is idle). Results agree with the
+   * CPU backend's as the device's do. With device "cpu": MOE_INVALID_ARGUMENT. */
+  const char* cpu_fallback;
 } moe_context_params;
 MOE_API moe_context_params moe_context_default_params(void);
 

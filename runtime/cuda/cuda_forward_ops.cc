@@ -9,6 +9,7 @@
 #include <mutex>
 
 #include "fmt/format.h"
+#include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/status_util.h"
 #include "runtime/cuda/engine_kernels.h"
@@ -340,6 +341,51 @@ absl::Status CudaForwardOps::RunExpert(int32_t first, int32_t count, const FfnWe
   const int64_t offset = int64_t{first} * hidden_;
   return ExpertFfn(*blas_, expert_in_ + offset, count, w.gate, w.up, w.down, expert_out + offset,
                    gemm_scratch_, gemm_scratch_bytes_, stream_);
+}
+
+absl::Status CudaForwardOps::EnableHostExperts(cpu::ThreadPool* pool, int64_t intermediate_size) {
+  if (pool == nullptr || intermediate_size < 1) {
+    return InvalidArgument("cuda forward: host experts need a thread pool and an FFN size ({})",
+                           intermediate_size);
+  }
+  const uint64_t rows_bytes = static_cast<uint64_t>(max_tokens_ * hidden_) * sizeof(float);
+  MOE_ASSIGN_OR_RETURN(host_rows_,
+                       PinnedHostBuffer::Allocate(2 * AlignUp(rows_bytes), "host expert rows"));
+  host_in_ = reinterpret_cast<float*>(host_rows_.data());
+  host_out_ = reinterpret_cast<float*>(host_rows_.data() + AlignUp(rows_bytes));
+  host_scratch_.assign(static_cast<size_t>(2 * max_tokens_ * intermediate_size), 0.0f);
+  host_pool_ = pool;
+  return absl::OkStatus();
+}
+
+absl::Status CudaForwardOps::RunExpertOnHost(int32_t first, int32_t count, const FfnWeights& w,
+                                             float* expert_out) {
+  if (host_pool_ == nullptr) {
+    return FailedPrecondition("cuda forward: host experts were not enabled (EnableHostExperts)");
+  }
+  if (first < 0 || count < 1 || int64_t{first} + count > layer_tokens_ * top_k_) {
+    return InvalidArgument("cuda forward: host expert rows [{}, {}) outside the layer's {}", first,
+                           int64_t{first} + count, layer_tokens_ * top_k_);
+  }
+  for (int32_t done = 0; done < count;) {
+    const auto rows = static_cast<int32_t>(std::min<int64_t>(count - done, max_tokens_));
+    const int64_t offset = int64_t{first + done} * hidden_;
+    const size_t bytes = static_cast<size_t>(rows * hidden_) * sizeof(float);
+    // The rows BeginExperts gathered, once the compute queued so far ran. The synchronisation also
+    // means the previous chunk's upload from host_out_ ran before host_out_ is rewritten.
+    MOE_RETURN_IF_ERROR(CudaStatus(
+        "reading a host expert's input rows",
+        cudaMemcpyAsync(host_in_, expert_in_ + offset, bytes, cudaMemcpyDeviceToHost, stream_)));
+    MOE_RETURN_IF_ERROR(Synchronize());
+    cpu::ExpertFfn(host_in_, rows, w.gate, w.up, w.down, host_out_, host_scratch_.data(),
+                   host_pool_);
+    // On the compute stream: CombineExperts, queued later, reads the rows after they landed.
+    MOE_RETURN_IF_ERROR(CudaStatus(
+        "writing a host expert's output rows",
+        cudaMemcpyAsync(expert_out + offset, host_out_, bytes, cudaMemcpyHostToDevice, stream_)));
+    done += rows;
+  }
+  return absl::OkStatus();
 }
 
 absl::Status CudaForwardOps::CombineExperts(const float* expert_out, const float* weights,

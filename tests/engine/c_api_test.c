@@ -96,6 +96,13 @@ int main(void) {
   params.device = "tpu";
   CHECK_STATUS(moe_context_create(model, &params, &ctx), MOE_INVALID_ARGUMENT);
   CHECK(strstr(moe_last_error(), "cpu, cuda, auto") != NULL);
+  params = moe_context_default_params();
+  params.cpu_fallback = "sometimes";
+  CHECK_STATUS(moe_context_create(model, &params, &ctx), MOE_INVALID_ARGUMENT);
+  CHECK(strstr(moe_last_error(), "unknown cpu_fallback 'sometimes' (off, on, hybrid)") != NULL);
+  params.cpu_fallback = "hybrid"; /* the default device is the CPU itself */
+  CHECK_STATUS(moe_context_create(model, &params, &ctx), MOE_INVALID_ARGUMENT);
+  CHECK(strstr(moe_last_error(), "needs a device that is not the CPU") != NULL);
   /* "cuda" works or says why not (no CUDA in this build, no GPU): never a crash. "auto" always
    * finds a device. Both give the logits of the CPU (to bf16 tolerance at worst). */
   {
@@ -105,6 +112,7 @@ int main(void) {
       moe_context* c = NULL;
       params = moe_context_default_params();
       params.device = devices[d];
+      params.cpu_fallback = "hybrid"; /* accepted: auto ignores it where it picks the CPU */
       const moe_status s = moe_context_create(model, &params, &c);
       CHECK(s == MOE_OK || (d == 0 && s == MOE_FAILED_PRECONDITION));
       if (s == MOE_FAILED_PRECONDITION) CHECK(strstr(moe_last_error(), "cuda") != NULL);

@@ -156,11 +156,12 @@ TEST(CudaEngineSelection, UnknownDevicesAndUnsupportedOptionsAreInvalidArgument)
   EngineOptions options;
   options.device = "cuda";
   options.cpu_fallback = true;
+  options.cpu_bytes_per_second = -1;
   auto engine = Engine::Create(model, options);
   ASSERT_FALSE(engine.ok());
   EXPECT_EQ(engine.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(engine.status().message()),
-              HasSubstr("cpu_fallback is not supported on the cuda device yet"));
+              HasSubstr("cpu fallback: -1 B/s and 0 flop/s must be >= 0"));
 }
 
 TEST(CudaEngineSelection, ModelFeaturesTheGpuPathLacksAreNamed) {
@@ -483,6 +484,46 @@ TEST_P(CudaEngineTest, UnpinnedCheckpointCopiesThroughTheStagingRingWithTheSameT
   EXPECT_EQ((*gpu_engine)->stats().pinned_host_bytes, 0u);
   EXPECT_EQ((*gpu_engine)->stats().failed_copies, 0u);
   EXPECT_EQ((*gpu_engine)->stats().cache.misses, (*cpu_engine)->stats().cache.misses);
+}
+
+// The CPU fallback on the GPU: misses the cost model sends to the CPU (here every one whose copy
+// has not landed: the CPU's rates are given as near infinite) run from host memory, their rows
+// read back and written back; with the bypass they are not even loaded. The tokens stay the CPU
+// backend's.
+TEST_P(CudaEngineTest, CpuFallbackGivesTheCpuBackendsTokens) {
+  SKIP_WITHOUT_GPU();
+  const ModelCase& mc = GetParam();
+  if (!mc.f32) GTEST_SKIP() << "bf16 tokens may differ from the CPU's by design";
+  auto model = LoadModel(mc.model);
+  ASSERT_NE(model, nullptr);
+  auto cpu_engine = Engine::Create(model, Options(*model, "cpu", "none"));
+  ASSERT_TRUE(cpu_engine.ok()) << cpu_engine.status();
+  GenerateOptions g;
+  g.max_tokens = 12;
+  const std::vector<int32_t> prompt = {17, 250, 3, 999, 42, 7, 7, 81};
+  auto cpu_tokens = Generate(**cpu_engine, 0, prompt, g);
+  ASSERT_TRUE(cpu_tokens.ok()) << cpu_tokens.status();
+  for (bool bypass : {false, true}) {
+    SCOPED_TRACE(bypass ? "bypass" : "copies still land");
+    EngineOptions options = Options(*model, "cuda", "none");
+    options.cpu_fallback = true;
+    options.cpu_fallback_bypass = bypass;
+    options.cpu_bytes_per_second = 1e18;
+    options.cpu_flops_per_second = 1e21;
+    auto gpu_engine = Engine::Create(model, options);
+    ASSERT_TRUE(gpu_engine.ok()) << gpu_engine.status();
+    auto gpu_tokens = Generate(**gpu_engine, 0, prompt, g);
+    ASSERT_TRUE(gpu_tokens.ok()) << gpu_tokens.status();
+    EXPECT_EQ(gpu_tokens->tokens, cpu_tokens->tokens);
+    const EngineStats& s = (*gpu_engine)->stats();
+    EXPECT_GT(s.cpu_fallbacks, 0u);
+    EXPECT_EQ(s.failed_copies, 0u);
+    if (bypass) {
+      EXPECT_GT(s.cpu_uncached, 0u);
+    } else {
+      EXPECT_EQ(s.cache.misses, (*cpu_engine)->stats().cache.misses);
+    }
+  }
 }
 
 TEST_P(CudaEngineTest, GreedyGenerationMatchesTheCpu) {

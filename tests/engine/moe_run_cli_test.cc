@@ -229,6 +229,11 @@ TEST_F(MoeRunTest, BadInputGivesOneClearError) {
                      "--expert-budget 'lots'");
   ExpectOneErrorLine(RunTool("moe-run --model " + tiny + " --prompt hi --policy fifo"), "fifo");
   ExpectOneErrorLine(RunTool("moe-run --model " + tiny + " --prompt hi --top-p 0"), "top_p");
+  ExpectOneErrorLine(
+      RunTool("moe-run --model " + tiny + " --prompt-ids 5,6 --cpu-fallback sometimes"),
+      "unknown cpu_fallback 'sometimes' (off, on, hybrid)");
+  ExpectOneErrorLine(RunTool("moe-run --model " + tiny + " --prompt-ids 5,6 --cpu-fallback on"),
+                     "needs a device that is not the CPU");
 }
 
 TEST_F(MoeRunTest, MalformedCheckpointsNameTheFileAndTensor) {

@@ -157,9 +157,6 @@ uint64_t OracleLoads(const RoutingTrace& trace, const Replay& r, int32_t capacit
 
 absl::Status Run(const Options& o) {
   if (o.trace.empty()) return InvalidArgument("--trace is required");
-  if (o.train_fraction < 0 || o.train_fraction >= 1) {
-    return InvalidArgument("--train-fraction {} must be in [0, 1)", o.train_fraction);
-  }
   std::vector<int64_t> horizons;
   for (const std::string& h : SplitList(o.horizons)) {
     int64_t value = 0;
@@ -181,6 +178,9 @@ absl::Status Run(const Options& o) {
         o.link_gbps, o.layer_compute_us, o.expert_bytes);
   }
   MOE_ASSIGN_OR_RETURN(RoutingTrace trace, ReadTrace(o.trace));
+  std::vector<int64_t> train, replayed;
+  MOE_RETURN_IF_ERROR(SplitForTraining(static_cast<int64_t>(trace.sequences.size()),
+                                       o.train_fraction, &train, &replayed));
   const int32_t K = trace.header.top_k;
   if (o.capacity < K || o.capacity > trace.header.num_experts) {
     return InvalidArgument("--capacity {} must be in [top_k {}, {} experts]", o.capacity, K,
@@ -192,14 +192,6 @@ absl::Status Run(const Options& o) {
         "limits (256 experts, top_k 16, capacity < 127 - 2 top_k)",
         trace.header.num_experts, K, o.capacity);
   }
-  std::vector<int64_t> train, replayed;
-  const auto n = static_cast<int64_t>(trace.sequences.size());
-  if (o.train_fraction > 0) {
-    SplitSequences(n, o.train_fraction, &train, &replayed);
-  } else {
-    for (int64_t i = 0; i < n; ++i) replayed.push_back(i);
-  }
-  if (replayed.empty()) return InvalidArgument("no sequences to replay");
   const ReplaySchedule schedule(trace, replayed, 1);
   const Replay r = Prepare(trace, schedule);
   const auto capacity = static_cast<int32_t>(o.capacity);

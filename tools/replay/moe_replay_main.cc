@@ -67,20 +67,8 @@ struct Inputs {
 absl::Status LoadInputs(const CliOptions& cli, Inputs* in) {
   if (cli.trace.empty()) return InvalidArgument("--trace is required (a moe-trace file or folder)");
   MOE_ASSIGN_OR_RETURN(in->trace, ReadTrace(cli.trace));
-  if (cli.train_fraction < 0 || cli.train_fraction >= 1) {
-    return InvalidArgument("--train-fraction {} must be in [0, 1)", cli.train_fraction);
-  }
-  const int64_t n = static_cast<int64_t>(in->trace.sequences.size());
-  if (cli.train_fraction > 0) {
-    SplitSequences(n, cli.train_fraction, &in->train, &in->replay);
-    if (in->replay.empty() || in->train.empty()) {
-      return InvalidArgument("--train-fraction {} leaves an empty part of {} sequences",
-                             cli.train_fraction, n);
-    }
-  } else {
-    for (int64_t i = 0; i < n; ++i) in->replay.push_back(i);
-  }
-  return absl::OkStatus();
+  return SplitForTraining(static_cast<int64_t>(in->trace.sequences.size()), cli.train_fraction,
+                          &in->train, &in->replay);
 }
 
 // Builds the named predictor and gives it learned state: loaded from --predictor-in, learned

@@ -4,6 +4,8 @@
 #include <cmath>
 #include <numeric>
 
+#include "runtime/status.h"
+
 namespace moe {
 
 ReplaySchedule::ReplaySchedule(const RoutingTrace& trace, std::span<const int64_t> sequence_order,
@@ -98,6 +100,25 @@ void SplitSequences(int64_t n, double train_fraction, std::vector<int64_t>* trai
   eval->assign(idx.begin() + n_train, idx.end());
   std::sort(train->begin(), train->end());
   std::sort(eval->begin(), eval->end());
+}
+
+absl::Status SplitForTraining(int64_t n, double train_fraction, std::vector<int64_t>* train,
+                              std::vector<int64_t>* replay) {
+  if (!(train_fraction >= 0 && train_fraction < 1)) {
+    return InvalidArgument("--train-fraction {} must be in [0, 1)", train_fraction);
+  }
+  train->clear();
+  replay->clear();
+  if (train_fraction == 0) {
+    for (int64_t i = 0; i < n; ++i) replay->push_back(i);
+    return absl::OkStatus();
+  }
+  SplitSequences(n, train_fraction, train, replay);
+  if (replay->empty() || train->empty()) {
+    return InvalidArgument("--train-fraction {} leaves an empty part of {} sequences",
+                           train_fraction, n);
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace moe

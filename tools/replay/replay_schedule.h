@@ -14,6 +14,7 @@
 #include <span>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "predictor/routing_trace.h"
 
 namespace moe {
@@ -58,5 +59,10 @@ class ReplaySchedule {
 // then the first round(train_fraction * n) go to train. Each part keeps ascending order.
 void SplitSequences(int64_t n, double train_fraction, std::vector<int64_t>* train,
                     std::vector<int64_t>* eval);
+// The tools' --train-fraction: train_fraction 0 replays all n sequences and trains on none;
+// in (0, 1) it is SplitSequences. InvalidArgument naming the value when it is outside [0, 1) or
+// leaves a part empty.
+absl::Status SplitForTraining(int64_t n, double train_fraction, std::vector<int64_t>* train,
+                              std::vector<int64_t>* replay);
 
 }  // namespace moe

@@ -110,7 +110,7 @@ int32_t OnToken(int32_t token, void* user) {
 int Main(int argc, char** argv) {
   std::string model_dir, prompt, prompt_ids, prompt_file,
       budget_text = "all", policy = "lru", scope = "global", trace_out, device = "cpu",
-      predictor = "none", predictor_file, force_routing;
+      predictor = "none", predictor_file, force_routing, cpu_fallback = "off";
   int64_t prefetch_depth = 1, prefetch_budget = 0;
   int64_t max_tokens = 32, top_k = 0, seed = 0, threads = 0, prefill_chunk = 256;
   int64_t max_context = 0;
@@ -136,6 +136,10 @@ int Main(int argc, char** argv) {
   flags.AddString("device", &device,
                   "device: cpu, cuda (the whole forward on GPU 0) or auto (cuda when a GPU is "
                   "visible and the build has CUDA, else cpu)");
+  flags.AddString("cpu-fallback", &cpu_fallback,
+                  "off; on (a missed expert whose copy would land later than the CPU could "
+                  "compute it runs on the CPU); hybrid (such misses are not loaded at all): for "
+                  "--device cuda/auto");
   flags.AddString("trace-out", &trace_out, "record the run's routing into this trace file");
   flags.AddString("predictor", &predictor,
                   "router predictor for prefetching: none, gate, frequency, transition, recency, "
@@ -244,6 +248,7 @@ int Main(int argc, char** argv) {
   cp.prefetch_depth = static_cast<int32_t>(prefetch_depth);
   cp.prefetch_budget = static_cast<int32_t>(prefetch_budget);
   cp.force_routing_trace = force_routing.c_str();
+  cp.cpu_fallback = cpu_fallback.c_str();
   moe_context* ctx = nullptr;
   s = moe_context_create(model, &cp, &ctx);
   if (s != MOE_OK) {
@@ -301,7 +306,7 @@ int Main(int argc, char** argv) {
   std::cerr << fmt::format(
       "--- moe-run summary ---\n"
       "model           {} ({} layers x {} experts, top-{}, expert {})\n"
-      "expert budget   {} slots = {} of {} ({:.0f}%), policy {}, scope {}\n"
+      "expert budget   {} slots = {} of {} ({:.0f}%), policy {}, scope {}, cpu fallback {}\n"
       "prefill         {} tokens in {:.3f} s = {:.1f} tokens/s\n"
       "decode          {} tokens in {:.3f} s = {:.2f} tokens/s\n"
       "expert cache    {} accesses, hit rate {:.4f}, {} loads, {} evictions\n"
@@ -311,7 +316,7 @@ int Main(int argc, char** argv) {
       model_dir, info.num_layers, info.num_experts, info.top_k, FormatBytes(info.expert_bytes),
       stats.expert_slots, FormatBytes(stats.expert_slot_bytes), FormatBytes(info.all_expert_bytes),
       100.0 * double(stats.expert_slot_bytes) / double(info.all_expert_bytes), policy, scope,
-      stats.prefill_tokens, stats.prefill_seconds,
+      cpu_fallback, stats.prefill_tokens, stats.prefill_seconds,
       rate(stats.prefill_tokens, stats.prefill_seconds), stats.decode_tokens, stats.decode_seconds,
       rate(stats.decode_tokens, stats.decode_seconds), stats.expert_accesses, hit_rate,
       stats.expert_loads, stats.expert_evictions, FormatBytes(stats.bytes_to_device),
