@@ -166,6 +166,11 @@ CudaForwardOps::CudaForwardOps(CudaDevice& device, int64_t max_tokens, int64_t h
 CudaForwardOps::~CudaForwardOps() {
   // Queued kernels may still use the handle's workspace; drain before cuBLAS frees it.
   cudaStreamSynchronize(stream_);
+  if (host_stream_ != nullptr) {
+    cudaStreamSynchronize(host_stream_);
+    cudaStreamDestroy(host_stream_);
+  }
+  if (gathered_ != nullptr) cudaEventDestroy(gathered_);
 }
 
 absl::StatusOr<std::unique_ptr<CudaForwardOps>> CudaForwardOps::Create(CudaDevice& device,
@@ -333,7 +338,10 @@ absl::Status CudaForwardOps::BeginExperts(const float* xn, int64_t n, int64_t k,
   layer_tokens_ = n;
   row_position_ = grouping_ + count;
   // Every expert's input rows at once, in grouped order: expert e's rows start at its first.
-  return GatherRows(xn, count, hidden_, grouping_, k, expert_in_, stream_);
+  MOE_RETURN_IF_ERROR(GatherRows(xn, count, hidden_, grouping_, k, expert_in_, stream_));
+  if (host_pool_ == nullptr) return absl::OkStatus();
+  // Host experts read the rows back after this point only, not after the GEMMs queued later.
+  return CudaStatus("marking the gathered expert rows", cudaEventRecord(gathered_, stream_));
 }
 
 absl::Status CudaForwardOps::RunExpert(int32_t first, int32_t count, const FfnWeights& w,
@@ -348,12 +356,20 @@ absl::Status CudaForwardOps::EnableHostExperts(cpu::ThreadPool* pool, int64_t in
     return InvalidArgument("cuda forward: host experts need a thread pool and an FFN size ({})",
                            intermediate_size);
   }
-  const uint64_t rows_bytes = static_cast<uint64_t>(max_tokens_ * hidden_) * sizeof(float);
-  MOE_ASSIGN_OR_RETURN(host_rows_,
-                       PinnedHostBuffer::Allocate(2 * AlignUp(rows_bytes), "host expert rows"));
+  if (host_pool_ != nullptr) return absl::OkStatus();
+  // Input: one chunk of rows at a time. Output: every row of a layer, so that no row is rewritten
+  // before its upload ran (the compute stream is synchronised by the next layer's Route).
+  const uint64_t in_bytes = static_cast<uint64_t>(max_tokens_ * hidden_) * sizeof(float);
+  const uint64_t out_bytes = in_bytes * static_cast<uint64_t>(top_k_);
+  MOE_ASSIGN_OR_RETURN(
+      host_rows_, PinnedHostBuffer::Allocate(AlignUp(in_bytes) + out_bytes, "host expert rows"));
   host_in_ = reinterpret_cast<float*>(host_rows_.data());
-  host_out_ = reinterpret_cast<float*>(host_rows_.data() + AlignUp(rows_bytes));
+  host_out_ = reinterpret_cast<float*>(host_rows_.data() + AlignUp(in_bytes));
   host_scratch_.assign(static_cast<size_t>(2 * max_tokens_ * intermediate_size), 0.0f);
+  MOE_RETURN_IF_ERROR(CudaStatus("creating the host experts' stream",
+                                 cudaStreamCreateWithFlags(&host_stream_, cudaStreamNonBlocking)));
+  MOE_RETURN_IF_ERROR(CudaStatus("creating the host experts' event",
+                                 cudaEventCreateWithFlags(&gathered_, cudaEventDisableTiming)));
   host_pool_ = pool;
   return absl::OkStatus();
 }
@@ -367,22 +383,25 @@ absl::Status CudaForwardOps::RunExpertOnHost(int32_t first, int32_t count, const
     return InvalidArgument("cuda forward: host expert rows [{}, {}) outside the layer's {}", first,
                            int64_t{first} + count, layer_tokens_ * top_k_);
   }
+  // The read-back waits on its own stream for the gather only, so the GPU keeps running the
+  // experts queued before (resident ones) while the CPU computes this one.
+  MOE_RETURN_IF_ERROR(CudaStatus("waiting for the gathered expert rows",
+                                 cudaStreamWaitEvent(host_stream_, gathered_, 0)));
   for (int32_t done = 0; done < count;) {
     const auto rows = static_cast<int32_t>(std::min<int64_t>(count - done, max_tokens_));
     const int64_t offset = int64_t{first + done} * hidden_;
     const size_t bytes = static_cast<size_t>(rows * hidden_) * sizeof(float);
-    // The rows BeginExperts gathered, once the compute queued so far ran. The synchronisation also
-    // means the previous chunk's upload from host_out_ ran before host_out_ is rewritten.
-    MOE_RETURN_IF_ERROR(CudaStatus(
-        "reading a host expert's input rows",
-        cudaMemcpyAsync(host_in_, expert_in_ + offset, bytes, cudaMemcpyDeviceToHost, stream_)));
-    MOE_RETURN_IF_ERROR(Synchronize());
-    cpu::ExpertFfn(host_in_, rows, w.gate, w.up, w.down, host_out_, host_scratch_.data(),
-                   host_pool_);
+    MOE_RETURN_IF_ERROR(CudaStatus("reading a host expert's input rows",
+                                   cudaMemcpyAsync(host_in_, expert_in_ + offset, bytes,
+                                                   cudaMemcpyDeviceToHost, host_stream_)));
+    MOE_RETURN_IF_ERROR(
+        CudaStatus("reading a host expert's input rows", cudaStreamSynchronize(host_stream_)));
+    float* out = host_out_ + offset;
+    cpu::ExpertFfn(host_in_, rows, w.gate, w.up, w.down, out, host_scratch_.data(), host_pool_);
     // On the compute stream: CombineExperts, queued later, reads the rows after they landed.
     MOE_RETURN_IF_ERROR(CudaStatus(
         "writing a host expert's output rows",
-        cudaMemcpyAsync(expert_out + offset, host_out_, bytes, cudaMemcpyHostToDevice, stream_)));
+        cudaMemcpyAsync(expert_out + offset, out, bytes, cudaMemcpyHostToDevice, stream_)));
     done += rows;
   }
   return absl::OkStatus();

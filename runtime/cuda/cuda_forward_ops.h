@@ -14,9 +14,9 @@
 // pinned staging buffer; an upload region is rewritten only after a synchronisation that
 // followed its previous upload (checked, not assumed).
 //
-// Synchronisation. Route, HostView, CopyToHost and RunExpertOnHost wait for the compute stream;
-// nothing else blocks the host. Expert GEMMs wait for their expert's copy on the GPU (the engine's
-// ExpertTransfers call Device::ComputeWaitFor before RunExpert).
+// Synchronisation. Route, HostView and CopyToHost wait for the compute stream, RunExpertOnHost
+// for the layer's gather; nothing else blocks the host. Expert GEMMs wait for their expert's copy
+// on the GPU (the engine's ExpertTransfers call Device::ComputeWaitFor before RunExpert).
 //
 // Thread-safety: none (the engine thread). The CudaDevice must outlive the ops.
 #pragma once
@@ -83,14 +83,16 @@ class CudaForwardOps final : public ForwardOps {
   absl::Status RunExpert(int32_t first, int32_t count, const FfnWeights& w,
                          float* expert_out) override;
   absl::Status CombineExperts(const float* expert_out, const float* weights, float* x) override;
-  // Needs EnableHostExperts (else FailedPrecondition). Waits for the compute queued so far (the
-  // expert's rows must be gathered), runs the FFN on `pool` in chunks of at most max_tokens rows,
-  // and queues the output rows' upload on the compute stream.
+  // Needs EnableHostExperts (else FailedPrecondition). Reads the expert's rows back on a stream
+  // of its own once BeginExperts' gather ran (not waiting for the experts queued since), runs the
+  // FFN on `pool` in chunks of at most max_tokens rows, and queues the output rows' upload on
+  // the compute stream, before the CombineExperts that reads them.
   absl::Status RunExpertOnHost(int32_t first, int32_t count, const FfnWeights& w,
                                float* expert_out) override;
-  // Makes RunExpertOnHost available: pinned host buffers for max_tokens rows of input and output
-  // and the CPU FFN's scratch for experts of `intermediate_size` (ResourceExhausted when pinned
-  // memory is refused). `pool` runs the CPU FFN and must outlive the ops.
+  // Makes RunExpertOnHost available: pinned host buffers for max_tokens rows of input and a
+  // layer's output rows, the CPU FFN's scratch for experts of `intermediate_size`, a stream and
+  // an event (ResourceExhausted when pinned memory is refused, Internal for CUDA errors). `pool`
+  // runs the CPU FFN and must outlive the ops. Calling it again changes nothing.
   absl::Status EnableHostExperts(cpu::ThreadPool* pool, int64_t intermediate_size);
   absl::Status SharedExpert(const float* xn, int64_t n, const FfnWeights& w, const WeightView& gate,
                             float* shared_out, float* gate_out, float* x) override;
@@ -126,12 +128,15 @@ class CudaForwardOps final : public ForwardOps {
   // Synchronisation epochs (see ReuseStaging).
   uint64_t epoch_ = 0;
   uint64_t step_upload_epoch_ = UINT64_MAX, grouping_upload_epoch_ = UINT64_MAX;
-  // Host experts (EnableHostExperts): pinned [T, H] input and output rows, the FFN's scratch.
+  // Host experts (EnableHostExperts): pinned input rows [T, H] and output rows [T * K, H], the
+  // FFN's scratch, the read-back stream and the event after the layer's gather.
   cpu::ThreadPool* host_pool_ = nullptr;
   PinnedHostBuffer host_rows_;
   float* host_in_ = nullptr;
   float* host_out_ = nullptr;
   std::vector<float> host_scratch_;
+  CUstream_st* host_stream_ = nullptr;
+  CUevent_st* gathered_ = nullptr;
   // The current step and MoE layer.
   int64_t step_tokens_ = 0;
   int64_t layer_tokens_ = 0;
