@@ -438,6 +438,16 @@ moe_status moe_context_get_layer_recall(const moe_context* context, double* reca
   return MOE_OK;
 }
 
+moe_status moe_context_get_cpu_fallback_counts(const moe_context* context,
+                                               uint64_t* cpu_experts_out,
+                                               uint64_t* not_loaded_out) {
+  MOE_C_REQUIRE(context != nullptr, "moe_context_get_cpu_fallback_counts: context is NULL");
+  const moe::EngineStats s = context->engine->stats();
+  if (cpu_experts_out != nullptr) *cpu_experts_out = s.cpu_fallbacks;
+  if (not_loaded_out != nullptr) *not_loaded_out = s.cpu_uncached;
+  return MOE_OK;
+}
+
 moe_status moe_trace_start(moe_context* context) {
   MOE_C_REQUIRE(context != nullptr, "moe_trace_start: context is NULL");
   context->engine->StartTrace();

@@ -232,6 +232,13 @@ MOE_API moe_status moe_context_get_stats(const moe_context* context, moe_stats* 
 MOE_API moe_status moe_context_get_layer_recall(const moe_context* context, double* recall_out,
                                                 size_t capacity);
 
+/* The CPU fallback's counts (moe_context_params.cpu_fallback): missed experts the CPU computed,
+ * and of those the ones never copied to the device ("hybrid"). Both 0 with the fallback off.
+ * Either output may be NULL. */
+MOE_API moe_status moe_context_get_cpu_fallback_counts(const moe_context* context,
+                                                       uint64_t* cpu_experts_out,
+                                                       uint64_t* not_loaded_out);
+
 /* Records every token's routing from now on (restarting any recording in progress). */
 MOE_API moe_status moe_trace_start(moe_context* context);
 /* Stops recording and writes the trace (the moe-trace format, see docs/trace-format.md). */

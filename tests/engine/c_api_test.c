@@ -120,9 +120,13 @@ int main(void) {
       if (c != NULL) {
         const int32_t prompt[3] = {5, 6, 7};
         float* logits = malloc(sizeof(float) * 1000);
+        uint64_t on_cpu = 7, not_loaded = 7;
         CHECK_STATUS(moe_evaluate(c, 0, prompt, 3, logits, 1000), MOE_OK);
         CHECK(logits[0] == logits[0]); /* not NaN */
         free(logits);
+        CHECK_STATUS(moe_context_get_cpu_fallback_counts(c, &on_cpu, &not_loaded), MOE_OK);
+        CHECK(not_loaded <= on_cpu); /* a GPU may or may not send experts to the CPU */
+        CHECK_STATUS(moe_context_get_cpu_fallback_counts(c, NULL, NULL), MOE_OK);
       }
       moe_context_free(c);
     }
@@ -131,6 +135,13 @@ int main(void) {
   params.expert_budget_fraction = 0.25;
   CHECK_STATUS(moe_context_create(NULL, &params, &ctx), MOE_INVALID_ARGUMENT);
   CHECK_STATUS(moe_context_create(model, &params, &ctx), MOE_OK);
+  {
+    uint64_t on_cpu = 7, not_loaded = 7;
+    CHECK_STATUS(moe_context_get_cpu_fallback_counts(ctx, &on_cpu, &not_loaded), MOE_OK);
+    CHECK(on_cpu == 0 && not_loaded == 0); /* the fallback is off */
+    CHECK_STATUS(moe_context_get_cpu_fallback_counts(NULL, &on_cpu, &not_loaded),
+                 MOE_INVALID_ARGUMENT);
+  }
   if (ctx == NULL) return 1;
   /* Two sequences in one call; each gets the logits it would get alone. */
   {

@@ -322,6 +322,14 @@ int Main(int argc, char** argv) {
       stats.expert_loads, stats.expert_evictions, FormatBytes(stats.bytes_to_device),
       stats.load_seconds, FormatBytes(stats.device_peak_bytes),
       FormatBytes(stats.device_capacity_bytes));
+  if (cpu_fallback != "off") {
+    uint64_t on_cpu = 0, not_loaded = 0;
+    moe_context_get_cpu_fallback_counts(ctx, &on_cpu, &not_loaded);
+    std::cerr << fmt::format(
+        "cpu fallback    {}: {} missed experts computed on the CPU ({} never "
+        "copied to the device)\n",
+        cpu_fallback, on_cpu, not_loaded);
+  }
   if (predictor != "none") {
     std::vector<double> recall(static_cast<size_t>(info.num_layers));
     moe_context_get_layer_recall(ctx, recall.data(), recall.size());
