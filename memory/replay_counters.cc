@@ -22,7 +22,7 @@ using U8x16 = uint8_t __attribute__((vector_size(16)));
 using I32x4 = int32_t __attribute__((vector_size(16)));
 
 constexpr int8_t kAbsentRank = 127;
-constexpr int32_t kNotCandidate = INT32_MIN;  // absent, padding, or pinned by the current set
+constexpr int32_t kNotCandidate = INT32_MIN;  // Belady: the key of an empty or padding slot
 constexpr int32_t kMaxExperts = 256;
 constexpr int32_t kMaxTopK = 16;
 constexpr int16_t kLoading = -2;  // Belady: slot_of of a miss being loaded by the current set
