@@ -31,6 +31,18 @@
 #include "runtime/status.h"
 
 namespace moe {
+void CheckRoutingRow(const ExpertSpace& space, int32_t top_k, std::span<const uint16_t> routing,
+                     std::string_view who) {
+  MOE_CHECK_MSG(top_k > 0 && routing.size() == size_t(space.num_layers) * size_t(top_k),
+                "{}: {} ids for {} layers x top_k {}", who, routing.size(), space.num_layers,
+                top_k);
+  // One pass over the row checks every id (it vectorises), so per-layer loops need not.
+  uint16_t largest = 0;
+  for (uint16_t e : routing) largest = std::max(largest, e);
+  MOE_CHECK_MSG(largest < space.num_experts, "{}: expert {} out of range [0, {})", who, largest,
+                space.num_experts);
+}
+
 absl::StatusOr<CacheScope> ParseCacheScope(std::string_view name) {
   if (name == "layer") return CacheScope::kLayer;
   if (name == "global") return CacheScope::kGlobal;
@@ -232,14 +244,7 @@ bool ExpertCache::AccessSet(ExpertKey layer_first, std::span<const uint16_t> exp
 
 int32_t ExpertCache::AccessToken(std::span<const uint16_t> routing, int32_t top_k) {
   const ExpertSpace& space = options_.space;
-  MOE_CHECK_MSG(top_k > 0 && routing.size() == size_t(space.num_layers) * size_t(top_k),
-                "access token: {} ids for {} layers x top_k {}", routing.size(), space.num_layers,
-                top_k);
-  // One pass over the row checks every id (it vectorises), so the per-layer loop need not.
-  uint16_t largest = 0;
-  for (uint16_t e : routing) largest = std::max(largest, e);
-  MOE_CHECK_MSG(largest < space.num_experts, "access token: expert {} out of range [0, {})",
-                largest, space.num_experts);
+  CheckRoutingRow(space, top_k, routing, "access token");
   if (!lru_ || top_k > 64) {
     for (int32_t l = 0; l < space.num_layers; ++l) {
       const uint16_t* experts = routing.data() + size_t(l) * size_t(top_k);

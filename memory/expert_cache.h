@@ -37,6 +37,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -61,6 +62,11 @@ struct CacheOptions {
   std::string policy = "lru";
   const ExpertScores* scores = nullptr;  // for the "predictive" policy; must outlive the cache
 };
+
+// Aborts (MOE_CHECK) unless `routing` is one token's row: num_layers x top_k expert ids, each
+// below num_experts; the message starts with `who`. Used by the one-call token accesses.
+void CheckRoutingRow(const ExpertSpace& space, int32_t top_k, std::span<const uint16_t> routing,
+                     std::string_view who);
 
 struct CacheStats {
   uint64_t accesses = 0;  // demand accesses (hits + misses)

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <utility>
 
+#include "memory/expert_cache.h"
 #include "runtime/status.h"
 
 namespace moe {
@@ -32,18 +33,6 @@ int32_t RoundUpTo16(int32_t n) { return (n + 15) / 16 * 16; }
 bool SupportsShape(const ExpertSpace& space, int64_t capacity, int32_t top_k) {
   return space.num_layers > 0 && space.num_experts > 0 && space.num_experts <= kMaxExperts &&
          top_k > 0 && top_k <= kMaxTopK && capacity >= top_k;
-}
-
-// Checks a token's row: its size and every id (one pass that vectorises).
-void CheckRow(const ExpertSpace& space, int32_t top_k, std::span<const uint16_t> routing,
-              const char* who) {
-  MOE_CHECK_MSG(routing.size() == size_t(space.num_layers) * size_t(top_k),
-                "{}: {} ids for {} layers x top_k {}", who, routing.size(), space.num_layers,
-                top_k);
-  uint16_t largest = 0;
-  for (uint16_t e : routing) largest = std::max(largest, e);
-  MOE_CHECK_MSG(largest < space.num_experts, "{}: expert {} out of range [0, {})", who, largest,
-                space.num_experts);
 }
 
 // A token's set at one layer with no repeated expert, in one pass: every other resident moves
@@ -160,7 +149,7 @@ void LruReplayCounter::Clear() {
 }
 
 void LruReplayCounter::AccessToken(std::span<const uint16_t> routing) {
-  CheckRow(space_, top_k_, routing, "lru replay counter");
+  CheckRoutingRow(space_, top_k_, routing, "lru replay counter");
   (this->*access_layers_)(routing.data());
 }
 
@@ -269,7 +258,7 @@ void BeladyReplayCounter::Clear() {
 
 void BeladyReplayCounter::AccessToken(std::span<const uint16_t> routing,
                                       std::span<const uint32_t> next_use) {
-  CheckRow(space_, top_k_, routing, "belady replay counter");
+  CheckRoutingRow(space_, top_k_, routing, "belady replay counter");
   MOE_CHECK_MSG(next_use.size() == routing.size(),
                 "belady replay counter: {} next uses for {} accesses", next_use.size(),
                 routing.size());

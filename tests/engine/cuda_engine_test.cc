@@ -347,6 +347,14 @@ void ExpectSameCacheStats(const EngineStats& gpu, const EngineStats& cpu) {
   EXPECT_EQ(gpu.recall.chosen, cpu.recall.chosen);
 }
 
+// The prompt the generation tests decode from, and its 12 greedy tokens on `engine` (sequence 0).
+const std::vector<int32_t> kProbePrompt = {17, 250, 3, 999, 42, 7, 7, 81};
+absl::StatusOr<GenerateResult> GenerateProbe(Engine& engine) {
+  GenerateOptions g;
+  g.max_tokens = 12;
+  return Generate(engine, 0, kProbePrompt, g);
+}
+
 class CudaEngineTest : public ::testing::TestWithParam<ModelCase> {};
 
 TEST_P(CudaEngineTest, LogitsRoutingAndCacheStatisticsMatchTheCpu) {
@@ -474,11 +482,8 @@ TEST_P(CudaEngineTest, UnpinnedCheckpointCopiesThroughTheStagingRingWithTheSameT
   auto gpu_engine = Engine::Create(model, unpinned);
   ASSERT_TRUE(cpu_engine.ok()) << cpu_engine.status();
   ASSERT_TRUE(gpu_engine.ok()) << gpu_engine.status();
-  GenerateOptions g;
-  g.max_tokens = 12;
-  const std::vector<int32_t> prompt = {17, 250, 3, 999, 42, 7, 7, 81};
-  auto cpu_tokens = Generate(**cpu_engine, 0, prompt, g);
-  auto gpu_tokens = Generate(**gpu_engine, 0, prompt, g);
+  auto cpu_tokens = GenerateProbe(**cpu_engine);
+  auto gpu_tokens = GenerateProbe(**gpu_engine);
   ASSERT_TRUE(cpu_tokens.ok() && gpu_tokens.ok());
   EXPECT_EQ(gpu_tokens->tokens, cpu_tokens->tokens);
   EXPECT_EQ((*gpu_engine)->stats().pinned_host_bytes, 0u);
@@ -498,10 +503,7 @@ TEST_P(CudaEngineTest, CpuFallbackGivesTheCpuBackendsTokens) {
   ASSERT_NE(model, nullptr);
   auto cpu_engine = Engine::Create(model, Options(*model, "cpu", "none"));
   ASSERT_TRUE(cpu_engine.ok()) << cpu_engine.status();
-  GenerateOptions g;
-  g.max_tokens = 12;
-  const std::vector<int32_t> prompt = {17, 250, 3, 999, 42, 7, 7, 81};
-  auto cpu_tokens = Generate(**cpu_engine, 0, prompt, g);
+  auto cpu_tokens = GenerateProbe(**cpu_engine);
   ASSERT_TRUE(cpu_tokens.ok()) << cpu_tokens.status();
   for (bool bypass : {false, true}) {
     SCOPED_TRACE(bypass ? "bypass" : "copies still land");
@@ -512,7 +514,7 @@ TEST_P(CudaEngineTest, CpuFallbackGivesTheCpuBackendsTokens) {
     options.cpu_flops_per_second = 1e21;
     auto gpu_engine = Engine::Create(model, options);
     ASSERT_TRUE(gpu_engine.ok()) << gpu_engine.status();
-    auto gpu_tokens = Generate(**gpu_engine, 0, prompt, g);
+    auto gpu_tokens = GenerateProbe(**gpu_engine);
     ASSERT_TRUE(gpu_tokens.ok()) << gpu_tokens.status();
     EXPECT_EQ(gpu_tokens->tokens, cpu_tokens->tokens);
     const EngineStats& s = (*gpu_engine)->stats();
@@ -537,13 +539,10 @@ TEST_P(CudaEngineTest, GreedyGenerationMatchesTheCpu) {
   ASSERT_TRUE(gpu_engine.ok()) << gpu_engine.status();
   const size_t V = static_cast<size_t>(model->config.vocab_size);
   const double tolerance = mc.f32 ? 1e-4 : 3e-2;
-  GenerateOptions g;
-  g.max_tokens = 12;
-  const std::vector<int32_t> prompt = {17, 250, 3, 999, 42, 7, 7, 81};
-  auto cpu_tokens = Generate(**cpu_engine, 0, prompt, g);
+  auto cpu_tokens = GenerateProbe(**cpu_engine);
   ASSERT_TRUE(cpu_tokens.ok()) << cpu_tokens.status();
   if (mc.f32) {
-    auto gpu_tokens = Generate(**gpu_engine, 0, prompt, g);
+    auto gpu_tokens = GenerateProbe(**gpu_engine);
     ASSERT_TRUE(gpu_tokens.ok()) << gpu_tokens.status();
     EXPECT_EQ(gpu_tokens->tokens, cpu_tokens->tokens);
     ASSERT_TRUE((*gpu_engine)->ResetSequence(0).ok());
@@ -553,7 +552,7 @@ TEST_P(CudaEngineTest, GreedyGenerationMatchesTheCpu) {
   // far agrees (always, with F32 weights).
   ASSERT_TRUE((*cpu_engine)->ResetSequence(0).ok());
   std::vector<float> lc(V), lg(V);
-  std::vector<int32_t> input = prompt;
+  std::vector<int32_t> input = kProbePrompt;
   size_t checked = 0;
   bool routing_agrees = true;
   for (int32_t next : cpu_tokens->tokens) {

@@ -28,6 +28,7 @@
 #include "predictor/trace_io.h"
 #include "runtime/status.h"
 #include "tools/common/cli_flags.h"
+#include "tools/replay/replay.h"
 #include "tools/replay/replay_schedule.h"
 
 namespace moe {
@@ -46,29 +47,22 @@ struct Options {
   double layer_compute_us = 150;
 };
 
-// The replayed rows (trace token indices, in order) and, for every access, the step index of the
-// next step that uses the same expert at the same layer (kInfinite if none).
+// The replayed rows (trace token indices, in order) and, for every access, the step of the next
+// one to the same expert at the same layer (kInfinite if none): ComputeNextUse's position over
+// the row size, since every step is one token.
 struct Replay {
   std::vector<int64_t> rows;
   std::vector<int64_t> next_step;
 };
 
-Replay Prepare(const RoutingTrace& trace, const ReplaySchedule& schedule) {
-  const int32_t L = trace.header.num_layers, K = trace.header.top_k;
+absl::StatusOr<Replay> Prepare(const RoutingTrace& trace, const ReplaySchedule& schedule) {
+  MOE_ASSIGN_OR_RETURN(const std::vector<uint32_t> next_use,
+                       ComputeNextUse(trace, schedule, /*reset_per_sequence=*/false));
+  const uint32_t row = uint32_t(trace.header.num_layers) * uint32_t(trace.header.top_k);
   Replay r;
   for (const ReplayStep& step : schedule.steps()) r.rows.push_back(schedule.Tokens(step)[0].token);
-  const auto n = static_cast<int64_t>(r.rows.size());
-  r.next_step.assign(size_t(n) * size_t(L) * size_t(K), kInfinite);
-  std::vector<int64_t> last(size_t(trace.space().size()), kInfinite);
-  for (int64_t i = n - 1; i >= 0; --i) {
-    for (int32_t l = 0; l < L; ++l) {
-      const auto experts = trace.Experts(r.rows[size_t(i)], l);
-      for (int32_t j = 0; j < K; ++j) {
-        r.next_step[(size_t(i) * L + l) * K + j] = last[trace.space().Key(l, experts[j])];
-      }
-      for (int32_t j = 0; j < K; ++j) last[trace.space().Key(l, experts[j])] = i;
-    }
-  }
+  r.next_step.reserve(next_use.size());
+  for (uint32_t n : next_use) r.next_step.push_back(n == kNoNextUse ? kInfinite : int64_t(n / row));
   return r;
 }
 
@@ -193,7 +187,7 @@ absl::Status Run(const Options& o) {
         trace.header.num_experts, K, o.capacity);
   }
   const ReplaySchedule schedule(trace, replayed, 1);
-  const Replay r = Prepare(trace, schedule);
+  MOE_ASSIGN_OR_RETURN(const Replay r, Prepare(trace, schedule));
   const auto capacity = static_cast<int32_t>(o.capacity);
 
   // LRU on demand, the reference: the exact counter moe-replay uses.

@@ -15,12 +15,7 @@
 #include "tools/replay/link_model.h"
 
 namespace moe {
-namespace {
 
-// For every demand access in replay order, the position of the next access to the same expert
-// (AccessHint::kNever if none). Computed by walking the schedule backwards, which visits the
-// accesses in exactly the reverse of RunReplay's order. With reset_per_sequence a sequence's
-// accesses never see past its end, since the cache is emptied there.
 absl::StatusOr<std::vector<uint32_t>> ComputeNextUse(const RoutingTrace& trace,
                                                      const ReplaySchedule& schedule,
                                                      bool reset_per_sequence) {
@@ -30,10 +25,9 @@ absl::StatusOr<std::vector<uint32_t>> ComputeNextUse(const RoutingTrace& trace,
   if (total >= std::numeric_limits<uint32_t>::max()) {
     return InvalidArgument("trace has {} expert accesses; belady replay supports < 2^32", total);
   }
-  constexpr uint32_t kNone = std::numeric_limits<uint32_t>::max();
   const ExpertSpace space = trace.space();
   std::vector<uint32_t> next_use(total);
-  std::vector<uint32_t> last_seen(static_cast<size_t>(space.size()), kNone);
+  std::vector<uint32_t> last_seen(static_cast<size_t>(space.size()), kNoNextUse);
   uint64_t pos = total;
   const auto steps = schedule.steps();
   for (auto step = steps.rbegin(); step != steps.rend(); ++step) {
@@ -50,11 +44,13 @@ absl::StatusOr<std::vector<uint32_t>> ComputeNextUse(const RoutingTrace& trace,
       }
     }
     if (reset_per_sequence && step->starts_sequence_alone) {
-      std::fill(last_seen.begin(), last_seen.end(), kNone);
+      std::fill(last_seen.begin(), last_seen.end(), kNoNextUse);
     }
   }
   return next_use;
 }
+
+namespace {
 
 // The count-only replay of per-layer LRU and Belady with one token per step, through the exact
 // counters of memory/replay_counters.h (about 2x as fast as the cache; the counts are the same,
@@ -299,8 +295,7 @@ absl::StatusOr<ReplayResult> RunReplay(const RoutingTrace& trace, const ReplaySc
             }
             if (use_future) {  // the last occurrence in the step tells the next use after it
               const uint32_t n = next_use[pos];
-              step_hints[index_of[key]].next_use =
-                  n == std::numeric_limits<uint32_t>::max() ? AccessHint::kNever : n;
+              step_hints[index_of[key]].next_use = n == kNoNextUse ? AccessHint::kNever : n;
             }
           }
         }
@@ -337,7 +332,7 @@ absl::StatusOr<ReplayResult> RunReplay(const RoutingTrace& trace, const ReplaySc
             AccessHint hint;
             if (use_future) {
               const uint32_t n = next_use[set_pos + j];
-              hint.next_use = n == std::numeric_limits<uint32_t>::max() ? AccessHint::kNever : n;
+              hint.next_use = n == kNoNextUse ? AccessHint::kNever : n;
             }
             const ExpertCache::Access access = c.Acquire(key, hint);
             if (access.outcome == ExpertCache::Outcome::kNoRoom) [[unlikely]] {

@@ -80,6 +80,15 @@ struct ReplayResult {
 absl::StatusOr<ReplayResult> RunReplay(const RoutingTrace& trace, const ReplaySchedule& schedule,
                                        const ReplayOptions& options, Predictor* predictor);
 
+// For every demand access in replay order (steps, then layers, then each token of the step, then
+// its k experts), the position of the next access to the same expert, or kNoNextUse. With
+// reset_per_sequence a sequence's accesses never see past its end, since the cache is emptied
+// there. InvalidArgument when the schedule has 2^32 accesses or more.
+inline constexpr uint32_t kNoNextUse = 0xFFFFFFFFu;
+absl::StatusOr<std::vector<uint32_t>> ComputeNextUse(const RoutingTrace& trace,
+                                                     const ReplaySchedule& schedule,
+                                                     bool reset_per_sequence);
+
 // The cache options RunReplay uses for `trace` and `options` (budget from capacity, etc.).
 absl::StatusOr<CacheOptions> MakeReplayCacheOptions(const RoutingTrace& trace,
                                                     const ReplayOptions& options);
